@@ -1,0 +1,265 @@
+"""The `aevb` command: train, eval and sample. Parses flags, builds configs, calls the library, prints."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__, runs
+from .data import DATASETS, SPLITS, DataError, load
+from .estimators import ESTIMATORS, evaluate
+from .likelihoods import LIKELIHOODS
+from .model import INITS, VAE, ModelConfig
+from .nets import ACTIVATIONS
+from .optim import OPTIMIZERS
+from .plots import manifold_grid, sample_grid, save_image
+from .presets import DEFAULTS, PRESETS
+from .train import BINARIZE, SCHEDULES, TrainConfig, fit
+
+PAPER_LR_CANDIDATES = (0.01, 0.02, 0.1)
+DATASET_LIKELIHOOD = {"frey": "gaussian-sigmoid"}
+
+
+class UsageError(Exception):
+    """Bad option values found after parsing; reported in one line with exit code 2."""
+
+
+def _count(text: str) -> int:
+    """Parse a datapoint count such as 1e7 or 250000."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"expected a positive whole count, got {text!r}")
+    return int(value)
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated widths such as 500 or 512,512, got {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"hidden widths must be positive, got {text!r}")
+    return widths
+
+
+def _lr(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the learning rate must be positive, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aevb", description="Auto-Encoding Variational Bayes (Kingma & Welling, 2013).")
+    p.add_argument("--version", action="version", version=f"aevb {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a VAE with AEVB (Algorithm 1) and write a run folder",
+                       description="Train a VAE. Flags override the preset (or aevb's defaults when no preset).")
+    t.add_argument("--preset", choices=sorted(PRESETS), help="the paper's Figure 2 settings, e.g. paper-mnist-20")
+    t.add_argument("--dataset", choices=sorted(DATASETS), help="data set (default mnist)")
+    t.add_argument("--split", choices=SPLITS, help="standard (60k/10k for MNIST) or paper (50k train)")
+    t.add_argument("--data-dir", help="folder holding the data files (else $AEVB_DATA, the cache, or a download)")
+    t.add_argument("--latent-dim", type=int, help="Nz, the dimension of z (default 20)")
+    t.add_argument("--hidden", type=_widths, help="comma-separated hidden widths of the encoder (decoder mirrors)")
+    t.add_argument("--activation", choices=sorted(ACTIVATIONS))
+    t.add_argument("--likelihood", choices=sorted(LIKELIHOODS), help="p(x|z): bernoulli (MNIST) or gaussian(-sigmoid)")
+    t.add_argument("--init", choices=INITS, help="paper: N(0, 0.01^2) weights; torch: PyTorch's default")
+    t.add_argument("--estimator", choices=sorted(ESTIMATORS), help="sgvb_b (analytic KL), sgvb_a, or iwae")
+    t.add_argument("--num-samples", type=int, help="L, samples of z per datapoint (K for iwae)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS)
+    t.add_argument("--lr", type=_lr, help="step size, or 'auto' for the paper's rule: best of 0.01, 0.02, 0.1")
+    t.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    t.add_argument("--weight-decay", help="'prior' (N(0, I) on the weights, the paper's MAP) or a number")
+    t.add_argument("--batch-size", type=int, help="M, datapoints per minibatch")
+    length = t.add_mutually_exclusive_group()
+    length.add_argument("--samples", type=_count, help="training length in datapoints evaluated, e.g. 1e7")
+    length.add_argument("--epochs", type=float, help="training length in passes over the training set")
+    t.add_argument("--binarize", choices=BINARIZE, help="none (grey levels), dynamic or static binarization")
+    t.add_argument("--evals-per-decade", type=int, help="log-spaced evaluations per factor 10 of datapoints")
+    t.add_argument("--seed", type=int, help="random seed (default 0)")
+    t.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    t.add_argument("--out", help="run folder to write (default runs/<dataset>-nz<Nz>)")
+    t.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="ELBO of a trained run on its train and test splits (prints JSON)")
+    e.add_argument("run", help="run folder")
+    e.add_argument("--num-samples", type=int, default=1, help="L, samples per datapoint (default 1)")
+    e.add_argument("--data-dir", help="override the data folder recorded in the run")
+    e.add_argument("--device", default="cpu")
+
+    s = sub.add_parser("sample", help="decode random z ~ p(z) into a PNG grid")
+    s.add_argument("run", help="run folder")
+    s.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="PNG path (default RUN/samples.png)")
+    return p
+
+
+# -- train ----------------------------------------------------------------------------------------------------
+def _train_settings(args) -> dict:
+    """Merge, in order of precedence: explicit flags > preset > aevb's defaults. Returns plain dicts."""
+    base = PRESETS[args.preset] if args.preset else DEFAULTS
+    data, model, train = dict(base["data"]), dict(base["model"]), dict(base["train"])
+    if args.dataset:
+        data["dataset"] = args.dataset
+    if args.split:
+        data["split"] = args.split
+    if not args.preset and data["dataset"] in DATASET_LIKELIHOOD:
+        model["likelihood"] = DATASET_LIKELIHOOD[data["dataset"]]
+    for flag, key in [("latent_dim", "latent_dim"), ("hidden", "hidden"), ("activation", "activation"),
+                      ("likelihood", "likelihood"), ("init", "init")]:
+        if getattr(args, flag) is not None:
+            model[key] = getattr(args, flag)
+    for flag in ("estimator", "num_samples", "optimizer", "schedule", "batch_size", "binarize", "evals_per_decade",
+                 "seed"):
+        if getattr(args, flag) is not None:
+            train[flag] = getattr(args, flag)
+    if args.samples is not None:
+        train["samples"], train["epochs"] = args.samples, None
+    if args.epochs is not None:
+        train["samples"], train["epochs"] = None, args.epochs
+    if args.lr == "auto":
+        train["lr_candidates"] = PAPER_LR_CANDIDATES
+    elif args.lr is not None:
+        train["lr"] = args.lr
+    if args.weight_decay is not None:
+        train["weight_decay"] = "prior" if args.weight_decay == "prior" else _float(args.weight_decay, "--weight-decay")
+    return {"data": data, "model": model, "train": train}
+
+
+def _float(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{flag}: expected a number or 'prior', got {text!r}") from None
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise UsageError(f"--device {name}: not available here ({str(e).splitlines()[0]})") from None
+    return device
+
+
+def _load_data(data_cfg: dict, data_dir):
+    return load(data_cfg["dataset"], split=data_cfg["split"], data_dir=data_dir)
+
+
+def cmd_train(args) -> int:
+    device = _device(args.device)
+    if args.resume:
+        return _resume(args, device)
+    settings = _train_settings(args)
+    train_cfg = TrainConfig(**settings["train"])
+    ds = _load_data(settings["data"], args.data_dir)
+    model_cfg = ModelConfig(x_dim=ds.x_dim, **settings["model"])
+    out = Path(args.out or f"runs/{ds.name}-nz{model_cfg.latent_dim}")
+    runs.prepare_run_dir(out)
+    config = {
+        "format_version": runs.FORMAT_VERSION, "aevb_version": __version__, "preset": args.preset,
+        "data": {**settings["data"], "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
+                 "x_dim": ds.x_dim, "image_shape": list(ds.image_shape), "n_train": int(ds.train.shape[0]),
+                 "n_test": int(ds.test.shape[0])},
+        "model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "device": str(device),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    runs.write_json(out / runs.CONFIG, config)
+    torch.manual_seed(train_cfg.seed)
+    model = VAE(model_cfg).to(device)
+    print(f"aevb: training {ds.name} ({ds.train.shape[0]} train / {ds.test.shape[0]} test), "
+          f"Nz={model_cfg.latent_dim}, {train_cfg.total_samples(ds.train.shape[0]):,} datapoints -> {out}")
+    return _fit_and_finish(model, ds, train_cfg, config, out, device, args.no_progress, resume=False)
+
+
+def _resume(args, device) -> int:
+    run = Path(args.resume)
+    config = runs.read_config(run)
+    if not (run / runs.CHECKPOINT).exists():
+        raise runs.RunError(f"{run}: no checkpoint to resume from")
+    train_cfg = TrainConfig.from_dict(config["train"])
+    ds = _load_data(config["data"], args.data_dir or config["data"]["data_dir"])
+    torch.manual_seed(train_cfg.seed)
+    model = VAE(ModelConfig.from_dict(config["model"])).to(device)
+    print(f"aevb: resuming {run}")
+    return _fit_and_finish(model, ds, train_cfg, config, run, device, args.no_progress, resume=True)
+
+
+def _fit_and_finish(model, ds, train_cfg, config, out, device, no_progress, *, resume) -> int:
+    history = fit(model, ds.train.to(device), ds.test.to(device), train_cfg, out, progress=not no_progress,
+                  resume=resume)
+    shape = tuple(config["data"]["image_shape"])
+    save_image(out / "samples.png", sample_grid(model, shape))
+    if model.config.latent_dim == 2:
+        save_image(out / "manifold.png", manifold_grid(model, shape))
+    last = history[-1]
+    print(json.dumps({k: last[k] for k in ("samples_seen", "epoch", "train_elbo", "test_elbo", "seconds")}))
+    return 0
+
+
+# -- eval / sample --------------------------------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    device = _device(args.device)
+    model, config = runs.load_run(args.run, device=device)
+    ds = _load_data(config["data"], args.data_dir or config["data"]["data_dir"])
+    binarize = config["train"].get("binarize", "none")
+    start = time.perf_counter()
+    result = {"run": str(args.run), "num_samples": args.num_samples, "estimator": "sgvb_b"}
+    for split, x, seed in (("train", ds.train, 12345), ("test", ds.test, 54321)):
+        if binarize != "none":
+            from .data import binarize_static
+
+            x = binarize_static(x, seed=seed)  # the same fixed draw the trainer logged
+        torch.manual_seed(0)
+        r = evaluate(model, x.to(device), num_samples=args.num_samples)
+        result.update({f"{split}_elbo": r["elbo"], f"{split}_rec": r["rec"], f"{split}_kl": r["kl"], f"n_{split}": r["n"]})
+    result["binarize"] = binarize
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    if args.n < 1:
+        raise UsageError(f"--n must be >= 1, got {args.n}")
+    model, config = runs.load_run(args.run)
+    out = Path(args.out or Path(args.run) / "samples.png")
+    save_image(out, sample_grid(model, tuple(config["data"]["image_shape"]), n=args.n, seed=args.seed))
+    print(out)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (DataError, runs.RunError, UsageError, ValueError, FloatingPointError) as e:
+        print(f"aevb: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aevb: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

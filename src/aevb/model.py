@@ -1,0 +1,116 @@
+"""The variational auto-encoder of section 3: Gaussian MLP encoder q(z|x), prior N(0, I), MLP decoder p(x|z).
+
+The model only builds distributions; estimators (estimators.py) turn them into bounds and losses.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributions import Distribution, Independent, Normal
+
+from .likelihoods import LIKELIHOODS
+from .nets import ACTIVATIONS, mlp
+
+INITS = ("paper", "torch")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a VAE.
+
+    Attributes:
+        x_dim: data dimension D.
+        latent_dim: Nz, the dimension of z.
+        hidden: widths of the encoder's hidden layers; the decoder mirrors them.
+        activation: a key of nets.ACTIVATIONS ("tanh" in the paper).
+        likelihood: a key of likelihoods.LIKELIHOODS ("bernoulli", "gaussian", "gaussian-sigmoid").
+        init: "paper" (all weights N(0, 0.01^2); encoder log-variance weights and bias and the decoder output
+            bias at zero) or "torch" (PyTorch's default Linear init).
+    """
+
+    x_dim: int
+    latent_dim: int = 20
+    hidden: tuple[int, ...] = (500,)
+    activation: str = "tanh"
+    likelihood: str = "bernoulli"
+    init: str = "torch"
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        checks = [
+            (self.x_dim > 0, f"x_dim must be positive, got {self.x_dim}"),
+            (self.latent_dim > 0, f"latent_dim must be positive, got {self.latent_dim}"),
+            (all(h > 0 for h in self.hidden), f"hidden widths must be positive, got {self.hidden}"),
+            (self.activation in ACTIVATIONS, f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}"),
+            (self.likelihood in LIKELIHOODS, f"unknown likelihood {self.likelihood!r}; choose from {', '.join(LIKELIHOODS)}"),
+            (self.init in INITS, f"unknown init {self.init!r}; choose from {', '.join(INITS)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+class VAE(nn.Module):
+    """Variational auto-encoder with the public contract `prior()`, `encode(x)`, `decode(z)`.
+
+    Each returns a torch Distribution whose event dimension is explicit (`Independent(..., 1)`), so
+    `log_prob` sums over pixels or latent dimensions and keeps any leading sample dimensions:
+    z from `encode(x).rsample((S,))` is (S, B, Dz) and `decode(z).log_prob(x)` is (S, B).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.encoder = mlp(c.x_dim, c.hidden, c.activation)
+        enc_out = c.hidden[-1] if c.hidden else c.x_dim
+        self.enc_head = nn.Linear(enc_out, 2 * c.latent_dim)  # one matmul for [mu, log sigma^2]
+        dec_hidden = tuple(reversed(c.hidden))
+        self.decoder = mlp(c.latent_dim, dec_hidden, c.activation)
+        dec_out = dec_hidden[-1] if dec_hidden else c.latent_dim
+        self.dec_head = LIKELIHOODS[c.likelihood](dec_out, c.x_dim)
+        self.register_buffer("prior_loc", torch.zeros(c.latent_dim))
+        self.register_buffer("prior_scale", torch.ones(c.latent_dim))
+        if c.init == "paper":
+            self._paper_init()
+
+    @torch.no_grad()
+    def _paper_init(self) -> None:
+        for p in self.parameters():
+            p.normal_(0.0, 0.01)
+        dz = self.config.latent_dim
+        self.enc_head.weight[dz:].zero_()
+        self.enc_head.bias[dz:].zero_()
+        self.dec_head.out.bias.zero_()
+
+    def prior(self) -> Distribution:
+        """p(z) = N(0, I), event shape (Dz,)."""
+        return Independent(Normal(self.prior_loc, self.prior_scale, validate_args=False), 1)
+
+    def encode(self, x: torch.Tensor) -> Distribution:
+        """q(z|x) = N(mu(x), diag sigma^2(x)); x is (..., D), the distribution has batch shape (...)."""
+        mu, log_var = self.enc_head(self.encoder(x)).chunk(2, dim=-1)
+        return Independent(Normal(mu, torch.exp(0.5 * log_var), validate_args=False), 1)
+
+    def decode(self, z: torch.Tensor) -> Distribution:
+        """p(x|z) with event shape (D,); z is (..., Dz)."""
+        return self.dec_head(self.decoder(z))
+
+    @torch.no_grad()
+    def sample(self, n: int, *, mean: bool = True) -> torch.Tensor:
+        """n draws x ~ p(x|z), z ~ p(z); with mean=True the decoder's mean (the usual picture) instead of a draw."""
+        p = self.decode(self.prior().sample((n,)))
+        return p.mean if mean else p.sample()

@@ -1,0 +1,29 @@
+"""Named settings: the paper's Figure 2 panels (section 5) and aevb's defaults. Plain dicts of config fields."""
+from __future__ import annotations
+
+
+def _paper(dataset: str, latent_dim: int, hidden: int, likelihood: str, lr: float) -> dict:
+    return {
+        "data": {"dataset": dataset, "split": "paper"},
+        "model": {"latent_dim": latent_dim, "hidden": (hidden,), "activation": "tanh", "likelihood": likelihood,
+                  "init": "paper"},
+        "train": {"estimator": "sgvb_b", "num_samples": 1, "optimizer": "adagrad", "lr": lr, "schedule": "constant",
+                  "warmup_steps": 100, "weight_decay": "prior", "batch_size": 100, "replacement": True,
+                  "samples": 10_000_000, "binarize": "none"},
+    }
+
+
+PRESETS: dict[str, dict] = {
+    **{f"paper-mnist-{nz}": _paper("mnist", nz, 500, "bernoulli", 0.02) for nz in (3, 5, 10, 20, 200)},
+    **{f"paper-frey-{nz}": _paper("frey", nz, 200, "gaussian-sigmoid", 0.02) for nz in (2, 5, 10, 20)},
+}
+
+# aevb's defaults (no --preset): chosen to reach the best test ELBO within 1e7 datapoints; see README.
+DEFAULTS: dict = {
+    "data": {"dataset": "mnist", "split": "standard"},
+    "model": {"latent_dim": 20, "hidden": (512, 512), "activation": "tanh", "likelihood": "bernoulli",
+              "init": "torch"},
+    "train": {"estimator": "sgvb_b", "num_samples": 1, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
+              "warmup_steps": 0, "weight_decay": 0.0, "batch_size": 100, "replacement": False,
+              "samples": 10_000_000, "binarize": "none"},
+}

@@ -1,0 +1,112 @@
+"""The command line: a table of invocations, their JSON output and their one-line errors with exit code 2."""
+import json
+import os
+
+import pytest
+
+from aevb import data as data_mod
+from aevb import runs
+from aevb.cli import main
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network, an empty cache and no system data folder."""
+    def refuse(*a, **k):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(data_mod, "_fetch_url", refuse)
+    monkeypatch.setattr(data_mod, "_npm_pack", refuse)
+    monkeypatch.setattr(data_mod, "_SYSTEM_ROOT", tmp_path / "system")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("AEVB_DATA", raising=False)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    assert main(["train", "--dataset", "digits", "--latent-dim", "3", "--hidden", "16", "--samples", "2000",
+                 "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_eval_prints_json(digits_run, capsys):
+    assert main(["eval", str(digits_run), "--num-samples", "3"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n_test"] == 297 and result["n_train"] == 1500 and result["num_samples"] == 3
+    assert -60 < result["test_elbo"] < 0  # 64 pixels of 8x8 digits: a trained bound lies in this range
+    assert result["test_elbo"] == pytest.approx(result["test_rec"] - result["test_kl"], abs=1e-6)
+
+
+def test_sample_writes_png(digits_run, tmp_path, capsys):
+    out = tmp_path / "s.png"
+    assert main(["sample", str(digits_run), "--n", "16", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_of_a_finished_run_changes_nothing(digits_run, capsys):
+    before = (digits_run / "metrics.jsonl").read_text()
+    assert main(["train", "--resume", str(digits_run), "--no-progress"]) == 0
+    assert (digits_run / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--dataset", "mnist", "--out", "{tmp}/x", "--no-progress"], "missing train-images"),
+    (["train", "--dataset", "digits", "--lr", "-1", "--out", "{tmp}/x"], None),  # argparse: exit 2
+    (["train", "--dataset", "digits", "--hidden", "a,b", "--out", "{tmp}/x"], None),
+    (["train", "--dataset", "imagenet", "--out", "{tmp}/x"], None),
+    (["train", "--dataset", "digits", "--samples", "0", "--out", "{tmp}/x"], None),
+    (["train", "--dataset", "digits", "--weight-decay", "lots", "--out", "{tmp}/x"], "--weight-decay"),
+    (["train", "--dataset", "digits", "--device", "tpu9", "--out", "{tmp}/x"], "--device"),
+    (["train", "--resume", "{tmp}/nothing-here"], "not found"),
+    (["eval", "{tmp}/nothing-here"], "not found"),
+    (["sample", "{tmp}/nothing-here"], "not found"),
+])
+def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, offline, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit) if message is None else _nullcontext():
+        rc = main(argv)
+        assert rc == 2
+    err = capsys.readouterr().err.strip()
+    if message is None:
+        return
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("aevb: error:")
+    assert not (tmp_path / "x").exists()  # nothing partial left behind
+
+
+def test_argparse_errors_exit_2():
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--dataset", "imagenet"])
+    assert e.value.code == 2
+
+
+def test_existing_run_is_not_overwritten(digits_run, capsys):
+    assert main(["train", "--dataset", "digits", "--out", str(digits_run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["train", "--dataset", "digits", "--out", str(blocker / "run")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_other_format_version_is_refused(digits_run, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "old"
+    shutil.copytree(digits_run, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["format_version"] = 99
+    (other / "config.json").write_text(json.dumps(cfg))
+    assert main(["eval", str(other)]) == 2
+    assert "format version 99" in capsys.readouterr().err
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

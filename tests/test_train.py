@@ -71,7 +71,7 @@ def test_resume_equals_uninterrupted(tmp_path, digits, monkeypatch):
     def run(path, interrupt_at=None):
         torch.manual_seed(0)
         model = VAE(ModelConfig(x_dim=64, latent_dim=3, hidden=(16,)))
-        cfg = _cfg(binarize="dynamic")
+        cfg = _cfg(binarize="dynamic", ema=0.99)
         path.mkdir()
         if interrupt_at is None:
             return fit(model, digits.train, digits.test, cfg, path, progress=False)

@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=float, help="training length in passes over the training set")
     t.add_argument("--binarize", choices=BINARIZE, help="none (grey levels), dynamic or static binarization")
     t.add_argument("--evals-per-decade", type=int, help="log-spaced evaluations per factor 10 of datapoints")
+    t.add_argument("--ema", type=float, help="decay of a moving average of the weights (0 = off)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     t.add_argument("--out", help="run folder to write (default runs/<dataset>-nz<Nz>)")
@@ -125,7 +126,7 @@ def _train_settings(args) -> dict:
         if getattr(args, flag) is not None:
             model[key] = getattr(args, flag)
     for flag in ("estimator", "num_samples", "optimizer", "schedule", "batch_size", "binarize", "evals_per_decade",
-                 "seed"):
+                 "ema", "seed"):
         if getattr(args, flag) is not None:
             train[flag] = getattr(args, flag)
     if args.samples is not None:

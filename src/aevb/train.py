@@ -5,6 +5,7 @@ are indexed from it. Training length is counted in datapoints evaluated, the pap
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -46,6 +47,8 @@ class TrainConfig:
         binarize: "none" (grey levels), "dynamic" (a fresh Bernoulli draw per minibatch), "static" (one seeded draw).
         eval_num_samples: L used for the logged train/test ELBO.
         evals_per_decade: log-spaced evaluation points per factor of 10 in samples_seen (1, 2, 5 x 10^k for 3).
+        ema: decay per step of an exponential moving average of the weights (Polyak averaging); 0 turns it off.
+            When on, logged ELBOs, pictures and saved weights use the average (`*_raw` fields: the last iterate).
         seed: seeds initialization, minibatch order and the noise.
     """
 
@@ -66,6 +69,7 @@ class TrainConfig:
     binarize: str = "none"
     eval_num_samples: int = 1
     evals_per_decade: int = 3
+    ema: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -81,6 +85,7 @@ class TrainConfig:
             ((self.samples is None) != (self.epochs is None), "give exactly one of samples and epochs"),
             ((self.samples or 1) > 0 and (self.epochs or 1) > 0, "the training length must be positive"),
             (self.weight_decay == "prior" or float(self.weight_decay) >= 0, "weight_decay must be 'prior' or >= 0"),
+            (0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -169,6 +174,8 @@ class Trainer:
         self.noise = torch.Generator(device=train_x.device).manual_seed(cfg.seed + 2)
         self.eval_train, self.eval_test = self._eval_sets()
         self.optimizer = self._optimizer(cfg.lr)
+        self.params = list(model.parameters())
+        self.ema = [p.detach().clone() for p in self.params] if cfg.ema else None
         self.step, self.samples_seen, self.seconds, self.lr = 0, 0, 0.0, cfg.lr
         self.history: list[dict] = []
 
@@ -207,6 +214,10 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
+            if self.ema is not None:
+                # bias-corrected start: the average covers only the steps taken so far
+                decay = min(c.ema, (1 + self.step) / (10 + self.step))
+                torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
             running += out["elbo"].sum()
             self.step += 1
             self.samples_seen += x.shape[0]
@@ -244,16 +255,35 @@ class Trainer:
         torch.set_rng_state(rng)
 
     # -- evaluation, history, checkpoints -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def averaged(self):
+        """Temporarily put the averaged weights into the model (no-op without EMA)."""
+        if self.ema is None:
+            yield
+            return
+        with torch.no_grad():
+            backup = [p.detach().clone() for p in self.params]
+            torch._foreach_copy_([p.data for p in self.params], self.ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in self.params], backup)
+
     def log_eval(self) -> dict:
         c = self.cfg
-        tr = evaluate(self.model, self.eval_train, estimator=c.estimator, num_samples=c.eval_num_samples)
-        te = evaluate(self.model, self.eval_test, estimator=c.estimator, num_samples=c.eval_num_samples)
+        with self.averaged():
+            tr = evaluate(self.model, self.eval_train, estimator=c.estimator, num_samples=c.eval_num_samples)
+            te = evaluate(self.model, self.eval_test, estimator=c.estimator, num_samples=c.eval_num_samples)
         rec = {
             "samples_seen": self.samples_seen, "epoch": self.samples_seen / self.n_train, "step": self.step,
             "train_elbo": tr["elbo"], "test_elbo": te["elbo"], "train_rec": tr["rec"], "train_kl": tr["kl"],
             "test_rec": te["rec"], "test_kl": te["kl"],
             "lr": self.lr * lr_factor(c, max(0, self.step - 1), self.total_steps), "seconds": round(self.seconds, 3),
         }
+        if self.ema is not None:
+            rec["test_elbo_raw"] = evaluate(self.model, self.eval_test, estimator=c.estimator,
+                                            num_samples=c.eval_num_samples)["elbo"]
         for k in ("train_elbo", "test_elbo"):
             if not math.isfinite(rec[k]):
                 raise FloatingPointError(f"training diverged: {k} is {rec[k]} at {self.samples_seen} datapoints")
@@ -279,11 +309,14 @@ class Trainer:
         tensors.update(batch_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.noise"] = self.noise.get_state()
+        if self.ema is not None:
+            tensors.update({f"ema.{i}": v for i, v in enumerate(self.ema)})
         meta = {"step": self.step, "samples_seen": self.samples_seen, "seconds": self.seconds, "lr": self.lr,
                 "optimizer": opt_meta, "batches": batch_meta}
         runs.write_tensors(self.run_dir / runs.CHECKPOINT, tensors)
         runs.write_json(self.run_dir / runs.STATE, meta)
-        runs.write_tensors(self.run_dir / runs.WEIGHTS, self.model.state_dict())
+        with self.averaged():
+            runs.write_tensors(self.run_dir / runs.WEIGHTS, self.model.state_dict())
 
     def restore(self) -> None:
         """Load the state written by `checkpoint` (for --resume)."""
@@ -302,6 +335,8 @@ class Trainer:
         self.batches.load(tensors, meta["batches"])
         torch.set_rng_state(tensors["rng.torch"])
         self.noise.set_state(tensors["rng.noise"])
+        if self.ema is not None:
+            self.ema = [tensors[f"ema.{i}"] for i in range(len(self.params))]
         self.step, self.samples_seen, self.seconds, self.lr = meta["step"], meta["samples_seen"], meta["seconds"], meta["lr"]
         runs.truncate_metrics(self.run_dir, self.samples_seen)
         self.history = runs.read_metrics(self.run_dir)
@@ -321,6 +356,9 @@ class Trainer:
                 rec = self.log_eval()
                 bar.note(rec)
                 self.checkpoint()
+        if self.ema is not None:  # leave the model holding the weights that were evaluated and saved
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in self.params], self.ema)
         return self.history
 
 

@@ -1,0 +1,184 @@
+"""Training throughput of aevb against a pytorch/examples-style loop and the machine's matmul roofline.
+
+Measures in one process, interleaved so that machine noise hits every contender alike:
+  (a) samples/s of aevb's trainer for the paper's MNIST model (784-500-tanh-20, M=100, Adagrad) and for
+      pytorch/examples' model (784-400-ReLU-20, Adam, M=128);
+  (b) the same two models trained by a reference loop written the way pytorch/examples/vae is (per-sample
+      Dataset, shuffling DataLoader, sigmoid then BCE on probabilities, .item() every step);
+  (c) the float32 matmul roofline of this machine turned into samples/s from each model's FLOPs per datapoint;
+and peak resident memory of a real `aevb train` run on MNIST (a subprocess).
+Prints one JSON summary with the ratios. Usage: python benchmarks/throughput.py --data-dir ../shared/data
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from aevb import VAE, ModelConfig, TrainConfig
+from aevb.data import load
+from aevb.train import Trainer
+
+MODELS = {
+    "paper": dict(hidden=500, activation="tanh", optimizer="adagrad", lr=0.02, batch=100),
+    "pytorch_examples": dict(hidden=400, activation="relu", optimizer="adam", lr=1e-3, batch=128),
+}
+
+
+def flops_per_datapoint(d: int, h: int, nz: int) -> int:
+    """Multiply-adds x 2 of forward (x2 for backward: weight and input gradients), less the input gradient of
+    the first layer, which nobody needs."""
+    layers = [(d, h), (h, 2 * nz), (nz, h), (h, d)]
+    return sum(6 * i * o for i, o in layers) - 2 * d * h
+
+
+def matmul_roofline(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+# -- aevb -----------------------------------------------------------------------------------------------------
+def aevb_trainer(x: torch.Tensor, spec: dict) -> Trainer:
+    torch.manual_seed(0)
+    init = "paper" if spec["optimizer"] == "adagrad" else "torch"
+    model = VAE(ModelConfig(784, 20, (spec["hidden"],), spec["activation"], "bernoulli", init))
+    cfg = TrainConfig(optimizer=spec["optimizer"], lr=spec["lr"], batch_size=spec["batch"], schedule="constant",
+                      warmup_steps=100 if spec["optimizer"] == "adagrad" else 0,
+                      weight_decay="prior" if spec["optimizer"] == "adagrad" else 0.0,
+                      replacement=spec["optimizer"] == "adagrad", samples=10**9)
+    return Trainer(model, x, x[:1000], cfg, run_dir=None, progress=False)
+
+
+def time_aevb(trainer: Trainer, steps: int) -> float:
+    torch.set_flush_denormal(True)
+    t = time.perf_counter()
+    float(trainer.train_steps(steps))  # one sync at the end, as in real training
+    return steps * trainer.cfg.batch_size / (time.perf_counter() - t)
+
+
+# -- the reference loop, written the way pytorch/examples/vae/main.py is ---------------------------------------------
+class PerSampleMNIST(Dataset):
+    def __init__(self, images_uint8: torch.Tensor):
+        self.images = images_uint8
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i].float().div(255.0), 0  # like ToTensor(): one image at a time
+
+
+class ReferenceVAE(nn.Module):
+    def __init__(self, hidden: int, activation: str):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(784, hidden), nn.Linear(hidden, 20), nn.Linear(hidden, 20)
+        self.fc3, self.fc4 = nn.Linear(20, hidden), nn.Linear(hidden, 784)
+        self.act = torch.tanh if activation == "tanh" else F.relu
+
+    def forward(self, x):
+        h = self.act(self.fc1(x.view(-1, 784)))
+        mu, logvar = self.fc21(h), self.fc22(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return torch.sigmoid(self.fc4(self.act(self.fc3(z)))), mu, logvar
+
+
+def reference_loop(images_uint8: torch.Tensor, spec: dict):
+    torch.manual_seed(0)
+    model = ReferenceVAE(spec["hidden"], spec["activation"])
+    opt_cls = torch.optim.Adagrad if spec["optimizer"] == "adagrad" else torch.optim.Adam
+    opt = opt_cls(model.parameters(), lr=spec["lr"])
+    loader = DataLoader(PerSampleMNIST(images_uint8), batch_size=spec["batch"], shuffle=True)
+    batches = iter(loader)
+
+    def run(steps: int) -> float:
+        nonlocal batches
+        t = time.perf_counter()
+        train_loss = 0.0
+        for _ in range(steps):
+            try:
+                data, _ = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                data, _ = next(batches)
+            opt.zero_grad()
+            recon, mu, logvar = model(data)
+            bce = F.binary_cross_entropy(recon, data.view(-1, 784), reduction="sum")
+            kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+            loss = bce + kld
+            loss.backward()
+            train_loss += loss.item()
+            opt.step()
+        return steps * spec["batch"] / (time.perf_counter() - t)
+
+    return run
+
+
+def peak_rss_of_train(data_dir: str) -> float:
+    """Peak resident memory (GiB) of a real `aevb train` on MNIST (paper preset, 2e5 datapoints)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "aevb", "train", "--preset", "paper-mnist-20", "--samples", "2e5",
+               "--data-dir", data_dir, "--out", f"{tmp}/run", "--no-progress"]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seconds", type=float, default=4.0, help="rough time per measurement")
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+
+    ds = load("mnist", split="standard", data_dir=args.data_dir)
+    images_uint8 = (ds.train * 255).round().to(torch.uint8).reshape(-1, 1, 28, 28)
+    peak = matmul_roofline()
+    results = {}
+    for name, spec in MODELS.items():
+        trainer, ref = aevb_trainer(ds.train, spec), reference_loop(images_uint8, spec)
+        time_aevb(trainer, 150)  # warm-up (includes the paper's 100 accumulate-only minibatches)
+        ref(20)
+        steps_a = max(50, int(args.seconds * time_aevb(trainer, 100) / spec["batch"]))
+        steps_r = max(20, int(args.seconds * ref(30) / spec["batch"]))
+        a, r, roof = [], [], []
+        for _ in range(args.rounds):
+            a.append(time_aevb(trainer, steps_a))
+            r.append(ref(steps_r))
+            roof.append(matmul_roofline(reps=5))
+        flops = flops_per_datapoint(784, spec["hidden"], 20)
+        roofline = statistics.median(roof) / flops
+        results[name] = {
+            "aevb_samples_per_s": round(statistics.median(a)),
+            "reference_samples_per_s": round(statistics.median(r)),
+            "roofline_samples_per_s": round(roofline),
+            "flops_per_datapoint": flops,
+            "speedup_vs_reference": round(statistics.median(a) / statistics.median(r), 2),
+            "fraction_of_roofline": round(statistics.median(a) / roofline, 3),
+        }
+    summary = {
+        "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "matmul_gflops": round(peak / 1e9, 1), "models": results,
+        "peak_rss_gib_aevb_train_mnist": round(peak_rss_of_train(args.data_dir or ""), 3) if args.data_dir else None,
+        "targets": {"speedup_vs_reference": 3.0, "fraction_of_roofline": 0.7, "peak_rss_gib": 1.0},
+    }
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,8 @@ Measures in one process, interleaved so that machine noise hits every contender 
   (b) the same two models trained by a reference loop written the way pytorch/examples/vae is (per-sample
       Dataset, shuffling DataLoader, sigmoid then BCE on probabilities, .item() every step);
   (c) the float32 matmul roofline of this machine turned into samples/s from each model's FLOPs per datapoint;
-and peak resident memory of a real `aevb train` run on MNIST (a subprocess).
+and, to explain any gap to the roofline, the samples/s of the step's matrix products alone at the model's real
+shapes; and peak resident memory of a real `aevb train` run on MNIST (a subprocess).
 Prints one JSON summary with the ratios. Usage: python benchmarks/throughput.py --data-dir ../shared/data
 """
 from __future__ import annotations
@@ -52,6 +53,31 @@ def matmul_roofline(n: int = 2048, reps: int = 10) -> float:
         a @ b
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
+
+
+def gemm_only(spec: dict, seconds: float = 2.0) -> float:
+    """Samples/s if a training step were nothing but its matrix products (forward, input and weight gradients) at
+    the model's real shapes: the ceiling for this batch size, below the large-matmul roofline."""
+    m, h = spec["batch"], spec["hidden"]
+    layers = [(784, h), (h, 40), (20, h), (h, 784)]
+    xs = [torch.randn(m, i) for i, _ in layers]
+    ws = [torch.randn(o, i) for i, o in layers]
+    gs = [torch.randn(m, o) for _, o in layers]
+
+    def step():
+        for k, (x, w, g) in enumerate(zip(xs, ws, gs)):
+            x @ w.T
+            g.T @ x
+            if k:  # no input gradient for the first layer
+                g @ w
+
+    for _ in range(10):
+        step()
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        step()
+        n += 1
+    return n * m / (time.perf_counter() - t)
 
 
 # -- aevb -----------------------------------------------------------------------------------------------------
@@ -156,11 +182,12 @@ def main() -> None:
         ref(20)
         steps_a = max(50, int(args.seconds * time_aevb(trainer, 100) / spec["batch"]))
         steps_r = max(20, int(args.seconds * ref(30) / spec["batch"]))
-        a, r, roof = [], [], []
+        a, r, roof, gemm = [], [], [], []
         for _ in range(args.rounds):
             a.append(time_aevb(trainer, steps_a))
             r.append(ref(steps_r))
             roof.append(matmul_roofline(reps=5))
+            gemm.append(gemm_only(spec))
         flops = flops_per_datapoint(784, spec["hidden"], 20)
         roofline = statistics.median(roof) / flops
         results[name] = {
@@ -170,6 +197,8 @@ def main() -> None:
             "flops_per_datapoint": flops,
             "speedup_vs_reference": round(statistics.median(a) / statistics.median(r), 2),
             "fraction_of_roofline": round(statistics.median(a) / roofline, 3),
+            "gemm_only_samples_per_s": round(statistics.median(gemm)),
+            "fraction_of_gemm_only": round(statistics.median(a) / statistics.median(gemm), 3),
         }
     summary = {
         "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -57,3 +57,33 @@ class DiagonalLinearGaussian(LinearGaussian):
         super().__init__(x_dim, z_dim, noise, seed, **kw)
         q, _ = torch.linalg.qr(self.W)
         self.W = q * torch.tensor([1.5, 0.7], dtype=torch.float64)[:z_dim]
+
+
+class LearnableQ(torch.nn.Module):
+    """Wraps a DiagonalLinearGaussian with q(z|x) = N(m + a, (s * exp(b))^2): a and b are the "encoder" parameters,
+    and a = b = 0 is the exact posterior. Follows the contract encoder_params / posterior used by STL and DReG."""
+
+    def __init__(self, lg: LinearGaussian, a=0.0, b=0.0):
+        super().__init__()
+        self.lg = lg
+        self.a = torch.nn.Parameter(torch.full((lg.z_dim,), a, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.full((lg.z_dim,), b, dtype=torch.float64))
+        self.x_dim = lg.W.shape[0]
+
+    def prior(self):
+        return self.lg.prior()
+
+    def decode(self, z):
+        return self.lg.decode(z)
+
+    def encoder_params(self, x):
+        m = self.lg.posterior_mean(x) + self.a
+        log_s = 0.5 * self.lg.posterior_cov().diagonal().log() + self.b
+        return torch.cat([m, log_s.expand_as(m)], -1)
+
+    def posterior(self, raw):
+        m, log_s = raw.chunk(2, -1)
+        return Independent(Normal(m, log_s.exp()), 1)
+
+    def encode(self, x):
+        return self.posterior(self.encoder_params(x))

@@ -11,7 +11,8 @@ import torch
 
 from . import __version__, runs
 from .data import DATASETS, SPLITS, DataError, load
-from .estimators import ESTIMATORS, evaluate
+from .estimators import ESTIMATORS, GRADIENTS, evaluate, resolve_estimator
+from .families import POSTERIORS, PRIORS
 from .likelihoods import LIKELIHOODS
 from .model import INITS, VAE, ModelConfig
 from .nets import ACTIVATIONS
@@ -75,10 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--latent-dim", type=int, help="Nz, the dimension of z (default 20)")
     t.add_argument("--hidden", type=_widths, help="comma-separated hidden widths of the encoder (decoder mirrors)")
     t.add_argument("--activation", choices=sorted(ACTIVATIONS))
-    t.add_argument("--likelihood", choices=sorted(LIKELIHOODS), help="p(x|z): bernoulli (MNIST) or gaussian(-sigmoid)")
+    t.add_argument("--likelihood", choices=sorted(LIKELIHOODS),
+                   help="p(x|z): bernoulli (MNIST grey levels), gaussian(-sigmoid) (Frey), categorical, continuous-bernoulli")
+    t.add_argument("--levels", type=int, help="K grey levels of the categorical likelihood (default 16)")
+    t.add_argument("--posterior", choices=sorted(POSTERIORS), help="family of q(z|x) (default normal)")
+    t.add_argument("--prior", choices=sorted(PRIORS), help="p(z), of matching support (default: the posterior's "
+                   "standard member)")
     t.add_argument("--init", choices=INITS, help="paper: N(0, 0.01^2) weights; torch: PyTorch's default")
-    t.add_argument("--estimator", choices=sorted(ESTIMATORS), help="sgvb_b (analytic KL), sgvb_a, or iwae")
+    t.add_argument("--estimator", choices=["auto", *sorted(ESTIMATORS)],
+                   help="sgvb_b (analytic KL), sgvb_a, iwae, or auto: sgvb_b where the KL is analytic, else sgvb_a")
     t.add_argument("--num-samples", type=int, help="L, samples of z per datapoint (K for iwae)")
+    t.add_argument("--gradient", choices=GRADIENTS, help="standard, stl (sticking the landing) or dreg (iwae)")
     t.add_argument("--optimizer", choices=OPTIMIZERS)
     t.add_argument("--lr", type=_lr, help="step size, or 'auto' for the paper's rule: best of 0.01, 0.02, 0.1")
     t.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
@@ -121,11 +129,12 @@ def _train_settings(args) -> dict:
         data["split"] = args.split
     if not args.preset and data["dataset"] in DATASET_LIKELIHOOD:
         model["likelihood"] = DATASET_LIKELIHOOD[data["dataset"]]
-    for flag, key in [("latent_dim", "latent_dim"), ("hidden", "hidden"), ("activation", "activation"),
-                      ("likelihood", "likelihood"), ("init", "init")]:
+    for flag in ("latent_dim", "hidden", "activation", "likelihood", "init", "posterior", "prior", "levels"):
         if getattr(args, flag) is not None:
-            model[key] = getattr(args, flag)
-    for flag in ("estimator", "num_samples", "optimizer", "schedule", "batch_size", "binarize", "evals_per_decade",
+            model[flag] = getattr(args, flag)
+    if args.posterior is not None and args.prior is None:
+        model["prior"] = None  # the new posterior's own default prior
+    for flag in ("estimator", "num_samples", "gradient", "optimizer", "schedule", "batch_size", "binarize", "evals_per_decade",
                  "ema", "seed"):
         if getattr(args, flag) is not None:
             train[flag] = getattr(args, flag)
@@ -167,9 +176,17 @@ def cmd_train(args) -> int:
     if args.resume:
         return _resume(args, device)
     settings = _train_settings(args)
-    train_cfg = TrainConfig(**settings["train"])
+    TrainConfig(**settings["train"])  # fail on bad options before reading data
     ds = _load_data(settings["data"], args.data_dir)
     model_cfg = ModelConfig(x_dim=ds.x_dim, **settings["model"])
+    torch.manual_seed(settings["train"].get("seed", 0))
+    model = VAE(model_cfg).to(device)
+    asked = settings["train"]["estimator"]
+    settings["train"]["estimator"] = resolve_estimator(asked, model, ds.x_dim)
+    if asked == "auto":
+        print(f"aevb: estimator auto -> {settings['train']['estimator']} for posterior {model_cfg.posterior} "
+              f"and prior {model_cfg.prior}")
+    train_cfg = TrainConfig(**settings["train"])
     out = Path(args.out or f"runs/{ds.name}-nz{model_cfg.latent_dim}")
     runs.prepare_run_dir(out)
     config = {
@@ -181,8 +198,6 @@ def cmd_train(args) -> int:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     runs.write_json(out / runs.CONFIG, config)
-    torch.manual_seed(train_cfg.seed)
-    model = VAE(model_cfg).to(device)
     print(f"aevb: training {ds.name} ({ds.train.shape[0]} train / {ds.test.shape[0]} test), "
           f"Nz={model_cfg.latent_dim}, {train_cfg.total_samples(ds.train.shape[0]):,} datapoints -> {out}")
     return _fit_and_finish(model, ds, train_cfg, config, out, device, args.no_progress, resume=False)
@@ -222,14 +237,15 @@ def cmd_eval(args) -> int:
     ds = _load_data(config["data"], args.data_dir or config["data"]["data_dir"])
     binarize = config["train"].get("binarize", "none")
     start = time.perf_counter()
-    result = {"run": str(args.run), "num_samples": args.num_samples, "estimator": "sgvb_b"}
+    estimator = resolve_estimator("auto", model, config["data"]["x_dim"])
+    result = {"run": str(args.run), "num_samples": args.num_samples, "estimator": estimator}
     for split, x, seed in (("train", ds.train, 12345), ("test", ds.test, 54321)):
         if binarize != "none":
             from .data import binarize_static
 
             x = binarize_static(x, seed=seed)  # the same fixed draw the trainer logged
         torch.manual_seed(0)
-        r = evaluate(model, x.to(device), num_samples=args.num_samples)
+        r = evaluate(model, x.to(device), estimator=estimator, num_samples=args.num_samples)
         result.update({f"{split}_elbo": r["elbo"], f"{split}_rec": r["rec"], f"{split}_kl": r["kl"], f"n_{split}": r["n"]})
     result["binarize"] = binarize
     result["seconds"] = round(time.perf_counter() - start, 3)

@@ -1,7 +1,10 @@
 """SGVB estimators of the evidence lower bound (section 2.3, eqs. 6-7) and the importance-weighted bound.
 
-Each estimator is `(model, x, *, num_samples) -> dict` with a scalar `loss` that carries the graph
-(loss = -mean ELBO per datapoint, eq. 8 up to the factor N) and detached per-datapoint diagnostics in nats.
+Each estimator is `(model, x, *, num_samples, gradient) -> dict` with a scalar `loss` that carries the graph
+(loss = -mean bound per datapoint, eq. 8 up to the factor N) and detached per-datapoint diagnostics in nats.
+`gradient` picks the gradient estimator: "standard" (plain reparameterization), "stl" (sticking the landing,
+Roeder et al. 2017: the score term of log q is dropped by evaluating q's density with stopped parameters) or
+"dreg" (doubly reparameterized, Tucker et al. 2019, for iwae). All three have the same expected gradient.
 """
 from __future__ import annotations
 
@@ -10,61 +13,117 @@ import math
 import torch
 from torch.distributions import kl_divergence
 
+from .kl import has_analytic_kl
 
-def _check(num_samples: int) -> None:
+GRADIENTS = ("standard", "stl", "dreg")
+
+
+def _check(num_samples: int, gradient: str, allowed: tuple[str, ...]) -> None:
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if gradient not in allowed:
+        raise ValueError(f"gradient {gradient!r} is not available here; choose from {', '.join(allowed)}")
 
 
-def sgvb_a(model, x: torch.Tensor, *, num_samples: int = 1) -> dict:
+def _sample(model, x, num_samples: int, gradient: str):
+    """q(z|x), z ~ q (L, B, Dz), and the q whose density log q(z) is evaluated (parameters stopped for STL/DReG)."""
+    raw = model.encoder_params(x)
+    q = model.posterior(raw)
+    z = q.rsample((num_samples,))  # (L, B, Dz)
+    q_density = q if gradient == "standard" else model.posterior(raw.detach())
+    return q, z, q_density
+
+
+def sgvb_a(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "standard") -> dict:
     """Estimator A (eq. 6): (1/L) sum_l [log p(x, z_l) - log q(z_l|x)], z_l = g(eps_l, x).
 
     Returns:
         dict with `loss` (scalar), and (B,) detached `elbo`, `rec` = mean log p(x|z_l), `kl` = mean of
         log q(z_l|x) - log p(z_l) (a Monte Carlo KL).
     """
-    _check(num_samples)
-    q = model.encode(x)
-    z = q.rsample((num_samples,))  # (L, B, Dz)
+    _check(num_samples, gradient, ("standard", "stl"))
+    _, z, q_density = _sample(model, x, num_samples, gradient)
     rec = model.decode(z).log_prob(x)  # (L, B)
-    kl = q.log_prob(z) - model.prior().log_prob(z)  # (L, B)
+    kl = q_density.log_prob(z) - model.prior().log_prob(z)  # (L, B)
     elbo = (rec - kl).mean(0)
     return {"loss": -elbo.mean(), "elbo": elbo.detach(), "rec": rec.mean(0).detach(), "kl": kl.mean(0).detach()}
 
 
-def sgvb_b(model, x: torch.Tensor, *, num_samples: int = 1) -> dict:
+def sgvb_b(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "standard") -> dict:
     """Estimator B (eq. 7): -KL(q(z|x) || p(z)) + (1/L) sum_l log p(x|z_l), with the KL in closed form.
 
     For the Gaussian VAE the KL is Appendix B's -1/2 sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2).
-    Raises NotImplementedError (from torch's registry) if the pair (q, prior) has no analytic KL.
+    With gradient="stl" the KL = cross-entropy - entropy keeps its analytic cross-entropy KL(q||p) + H(q) and
+    estimates the entropy by -log q(z_l) at stopped parameters (its path derivative only).
+
+    Raises:
+        ValueError: the pair (q, prior) has no analytic KL (use sgvb_a).
     """
-    _check(num_samples)
-    q = model.encode(x)
-    kl = kl_divergence(q, model.prior())  # (B,)
-    z = q.rsample((num_samples,))  # (L, B, Dz)
+    _check(num_samples, gradient, ("standard", "stl"))
+    q, z, q_density = _sample(model, x, num_samples, gradient)
+    prior = model.prior()
+    if not has_analytic_kl(q, prior):
+        raise ValueError(f"estimator sgvb_b needs an analytic KL, and there is none for "
+                         f"{_name(q)} || {_name(prior)}; use sgvb_a")
+    kl = kl_divergence(q, prior)  # (B,)
+    if gradient == "stl":
+        kl = kl + q.entropy() + q_density.log_prob(z).mean(0)  # analytic cross-entropy, path-derivative entropy
     rec = model.decode(z).log_prob(x).mean(0)  # (B,)
     elbo = rec - kl
     return {"loss": -elbo.mean(), "elbo": elbo.detach(), "rec": rec.detach(), "kl": kl.detach()}
 
 
-def iwae(model, x: torch.Tensor, *, num_samples: int = 1) -> dict:
+def iwae(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "standard") -> dict:
     """Importance-weighted bound (Burda et al. 2016): log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x).
 
-    Equals estimator A's bound for K = 1 and rises toward log p(x) as K grows.
+    Equals estimator A's bound for K = 1 and rises toward log p(x) as K grows. With gradient="dreg" the encoder
+    gets sum_k w~_k^2 d log w_k / dz_k dz_k / dphi and the decoder the usual sum_k w~_k d log w_k / dtheta, where
+    w~ are the normalized weights: a surrogate loss whose z-gradients are rescaled by w~ through a hook.
     Returns `log_w` (K, B) besides `elbo` (the K-sample bound), `rec` and `kl` (sample means).
     """
-    _check(num_samples)
-    q = model.encode(x)
-    z = q.rsample((num_samples,))  # (K, B, Dz)
+    _check(num_samples, gradient, GRADIENTS)
+    _, z, q_density = _sample(model, x, num_samples, gradient)
     rec = model.decode(z).log_prob(x)  # (K, B)
-    kl = q.log_prob(z) - model.prior().log_prob(z)  # (K, B)
+    kl = q_density.log_prob(z) - model.prior().log_prob(z)  # (K, B)
     log_w = rec - kl
     bound = torch.logsumexp(log_w, 0) - math.log(num_samples)
-    return {"loss": -bound.mean(), "elbo": bound.detach(), "rec": rec.mean(0).detach(),
-            "kl": kl.mean(0).detach(), "log_w": log_w.detach()}
+    if gradient == "dreg":
+        w = torch.softmax(log_w.detach(), 0)  # (K, B)
+        if z.requires_grad:
+            z.register_hook(lambda g: g * w.unsqueeze(-1))  # path gradients get one more factor w~
+        loss = -(w * log_w).sum(0).mean()
+    else:
+        loss = -bound.mean()
+    return {"loss": loss, "elbo": bound.detach(), "rec": rec.mean(0).detach(), "kl": kl.mean(0).detach(),
+            "log_w": log_w.detach()}
 
 
 ESTIMATORS = {"sgvb_a": sgvb_a, "sgvb_b": sgvb_b, "iwae": iwae}
+
+
+def _name(dist) -> str:
+    base = getattr(dist, "base_dist", dist)
+    return type(base).__name__
+
+
+def resolve_estimator(name: str, model, x_dim: int) -> str:
+    """Turn "auto" into sgvb_b where the (q, prior) pair has an analytic KL and sgvb_a otherwise.
+
+    Raises:
+        ValueError: sgvb_b was asked for and the pair has no analytic KL (never a silent switch).
+    """
+    if name not in ESTIMATORS and name != "auto":
+        raise ValueError(f"unknown estimator {name!r}; choose from auto, {', '.join(ESTIMATORS)}")
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        q, prior = model.encode(torch.zeros(1, x_dim, device=device)), model.prior()
+    analytic = has_analytic_kl(q, prior)
+    if name == "auto":
+        return "sgvb_b" if analytic else "sgvb_a"
+    if name == "sgvb_b" and not analytic:
+        raise ValueError(f"estimator sgvb_b needs an analytic KL, and there is none for {_name(q)} || "
+                         f"{_name(prior)}; use --estimator sgvb_a (or auto)")
+    return name
 
 
 @torch.no_grad()
@@ -76,10 +135,9 @@ def evaluate(model, x: torch.Tensor, *, estimator: str = "sgvb_b", num_samples: 
         dict of floats: `elbo`, `rec`, `kl` (means over the N datapoints) and `n`.
     """
     fn = ESTIMATORS[estimator]
-    totals = {"elbo": 0.0, "rec": 0.0, "kl": 0.0}
     was_training = model.training
     model.eval()
-    sums = {k: torch.zeros((), dtype=torch.float64, device=x.device) for k in totals}
+    sums = {k: torch.zeros((), dtype=torch.float64, device=x.device) for k in ("elbo", "rec", "kl")}
     for chunk in x.split(batch_size):
         out = fn(model, chunk, num_samples=num_samples)
         for k in sums:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributions import Bernoulli, Independent, Normal, constraints
+import torch.nn.functional as F
+from torch.distributions import Bernoulli, Categorical, ContinuousBernoulli, Independent, Normal, constraints
 
 
 class GreyLevelBernoulli(Bernoulli):
@@ -19,12 +20,13 @@ class GreyLevelBernoulli(Bernoulli):
 class BernoulliHead(nn.Module):
     """Bernoulli MLP decoder output: logits = W h + b (the sigmoid lives inside the log-probability)."""
 
-    def __init__(self, in_dim: int, x_dim: int):
+    def __init__(self, in_dim: int, x_dim: int, dist=GreyLevelBernoulli):
         super().__init__()
         self.out = nn.Linear(in_dim, x_dim)
+        self.dist = dist
 
     def forward(self, h: torch.Tensor) -> Independent:
-        return Independent(GreyLevelBernoulli(logits=self.out(h), validate_args=False), 1)
+        return Independent(self.dist(logits=self.out(h), validate_args=False), 1)
 
 
 class GaussianHead(nn.Module):
@@ -46,8 +48,42 @@ class GaussianHead(nn.Module):
         return Independent(Normal(mean, torch.exp(0.5 * log_var), validate_args=False), 1)
 
 
+class GreyLevels(Categorical):
+    """Categorical over K grey levels per pixel, evaluated at grey levels x in [0, 1] (level round(x (K - 1))).
+
+    `mean` and `sample` are returned as grey levels in [0, 1] so pictures need no special case.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        k = self.logits.shape[-1]
+        return super().log_prob((value * (k - 1)).round().long())
+
+    @property
+    def mean(self) -> torch.Tensor:
+        k = self.logits.shape[-1]
+        return (self.probs * torch.linspace(0, 1, k, device=self.probs.device, dtype=self.probs.dtype)).sum(-1)
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return super().sample(sample_shape).to(self.logits.dtype) / (self.logits.shape[-1] - 1)
+
+
+class CategoricalHead(nn.Module):
+    """Softmax over K grey levels for each pixel: logits = W h + b reshaped to (..., D, K)."""
+
+    def __init__(self, in_dim: int, x_dim: int, levels: int):
+        super().__init__()
+        self.out = nn.Linear(in_dim, x_dim * levels)
+        self.levels = levels
+
+    def forward(self, h: torch.Tensor) -> Independent:
+        logits = self.out(h).unflatten(-1, (-1, self.levels))  # (..., D, K)
+        return Independent(GreyLevels(logits=F.log_softmax(logits, -1), validate_args=False), 1)
+
+
 LIKELIHOODS = {
-    "bernoulli": lambda in_dim, x_dim: BernoulliHead(in_dim, x_dim),
-    "gaussian": lambda in_dim, x_dim: GaussianHead(in_dim, x_dim, sigmoid_mean=False),
-    "gaussian-sigmoid": lambda in_dim, x_dim: GaussianHead(in_dim, x_dim, sigmoid_mean=True),
+    "bernoulli": lambda in_dim, x_dim, levels=0: BernoulliHead(in_dim, x_dim),
+    "continuous-bernoulli": lambda in_dim, x_dim, levels=0: BernoulliHead(in_dim, x_dim, ContinuousBernoulli),
+    "gaussian": lambda in_dim, x_dim, levels=0: GaussianHead(in_dim, x_dim, sigmoid_mean=False),
+    "gaussian-sigmoid": lambda in_dim, x_dim, levels=0: GaussianHead(in_dim, x_dim, sigmoid_mean=True),
+    "categorical": lambda in_dim, x_dim, levels=16: CategoricalHead(in_dim, x_dim, levels),
 }

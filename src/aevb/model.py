@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
+from .families import POSTERIORS, PRIORS, check_pair
 from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS, mlp
 
@@ -29,6 +30,10 @@ class ModelConfig:
         likelihood: a key of likelihoods.LIKELIHOODS ("bernoulli", "gaussian", "gaussian-sigmoid").
         init: "paper" (all weights N(0, 0.01^2); encoder log-variance weights and bias and the decoder output
             bias at zero) or "torch" (PyTorch's default Linear init).
+        posterior: the family of q(z|x), a key of families.POSTERIORS ("normal" is the paper's).
+        prior: a key of families.PRIORS with a support matching the posterior's; None means the posterior
+            family's standard member (N(0, I) for "normal").
+        levels: K, the number of grey levels of the "categorical" likelihood.
     """
 
     x_dim: int
@@ -37,9 +42,15 @@ class ModelConfig:
     activation: str = "tanh"
     likelihood: str = "bernoulli"
     init: str = "torch"
+    posterior: str = "normal"
+    prior: str | None = None
+    levels: int = 16
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.posterior in POSTERIORS and self.prior is None:
+            object.__setattr__(self, "prior", POSTERIORS[self.posterior].prior)
+        check_pair(self.posterior, self.prior)
         checks = [
             (self.x_dim > 0, f"x_dim must be positive, got {self.x_dim}"),
             (self.latent_dim > 0, f"latent_dim must be positive, got {self.latent_dim}"),
@@ -47,6 +58,7 @@ class ModelConfig:
             (self.activation in ACTIVATIONS, f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}"),
             (self.likelihood in LIKELIHOODS, f"unknown likelihood {self.likelihood!r}; choose from {', '.join(LIKELIHOODS)}"),
             (self.init in INITS, f"unknown init {self.init!r}; choose from {', '.join(INITS)}"),
+            (self.levels >= 2, f"levels must be >= 2, got {self.levels}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -75,13 +87,16 @@ class VAE(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        self.family = POSTERIORS[c.posterior]
+        self._prior = PRIORS[c.prior][1]
         self.encoder = mlp(c.x_dim, c.hidden, c.activation)
         enc_out = c.hidden[-1] if c.hidden else c.x_dim
-        self.enc_head = nn.Linear(enc_out, 2 * c.latent_dim)  # one matmul for [mu, log sigma^2]
+        # one matmul for all of q's raw parameters, e.g. [mu, log sigma^2]
+        self.enc_head = nn.Linear(enc_out, self.family.n_out(c.latent_dim))
         dec_hidden = tuple(reversed(c.hidden))
         self.decoder = mlp(c.latent_dim, dec_hidden, c.activation)
         dec_out = dec_hidden[-1] if dec_hidden else c.latent_dim
-        self.dec_head = LIKELIHOODS[c.likelihood](dec_out, c.x_dim)
+        self.dec_head = LIKELIHOODS[c.likelihood](dec_out, c.x_dim, levels=c.levels)
         self.register_buffer("prior_loc", torch.zeros(c.latent_dim))
         self.register_buffer("prior_scale", torch.ones(c.latent_dim))
         if c.init == "paper":
@@ -92,18 +107,31 @@ class VAE(nn.Module):
         for p in self.parameters():
             p.normal_(0.0, 0.01)
         dz = self.config.latent_dim
-        self.enc_head.weight[dz:].zero_()
-        self.enc_head.bias[dz:].zero_()
+        if self.config.posterior == "normal":
+            self.enc_head.weight[dz:].zero_()
+            self.enc_head.bias[dz:].zero_()
         self.dec_head.out.bias.zero_()
 
     def prior(self) -> Distribution:
-        """p(z) = N(0, I), event shape (Dz,)."""
-        return Independent(Normal(self.prior_loc, self.prior_scale, validate_args=False), 1)
+        """p(z), event shape (Dz,): N(0, I) by default, else the standard member of the configured family."""
+        if self.config.prior == "normal":
+            return Independent(Normal(self.prior_loc, self.prior_scale, validate_args=False), 1)
+        return self._prior(self.prior_loc)
+
+    def encoder_params(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's raw outputs (..., n_out) before link functions, e.g. [mu, log sigma^2]."""
+        return self.enc_head(self.encoder(x))
+
+    def posterior(self, raw: torch.Tensor) -> Distribution:
+        """q(z|x) from raw encoder outputs (pass raw.detach() for the stop-gradient q of STL and DReG)."""
+        return self.family.build(raw, self.config.latent_dim)
 
     def encode(self, x: torch.Tensor) -> Distribution:
-        """q(z|x) = N(mu(x), diag sigma^2(x)); x is (..., D), the distribution has batch shape (...)."""
-        mu, log_var = self.enc_head(self.encoder(x)).chunk(2, dim=-1)
-        return Independent(Normal(mu, torch.exp(0.5 * log_var), validate_args=False), 1)
+        """q(z|x); x is (..., D), the distribution has batch shape (...) and event shape (Dz,).
+
+        For the paper's "normal" family: N(mu(x), diag sigma^2(x)) from the outputs [mu, log sigma^2].
+        """
+        return self.posterior(self.encoder_params(x))
 
     def decode(self, z: torch.Tensor) -> Distribution:
         """p(x|z) with event shape (D,); z is (..., Dz)."""

@@ -24,7 +24,7 @@ DEFAULTS: dict = {
     "data": {"dataset": "mnist", "split": "standard"},
     "model": {"latent_dim": 20, "hidden": (512, 512), "activation": "elu", "likelihood": "bernoulli",
               "init": "torch"},
-    "train": {"estimator": "sgvb_b", "num_samples": 1, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
+    "train": {"estimator": "auto", "num_samples": 1, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
               "warmup_steps": 0, "weight_decay": 0.0, "batch_size": 100, "replacement": False,
               "samples": 10_000_000, "binarize": "none", "ema": 0.999},
 }

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import runs
-from .estimators import ESTIMATORS, evaluate
+from .estimators import ESTIMATORS, GRADIENTS, evaluate, resolve_estimator
 from .optim import OPTIMIZERS, make_optimizer
 
 SCHEDULES = ("constant", "cosine")
@@ -29,8 +29,10 @@ class TrainConfig:
     """How to train (Algorithm 1).
 
     Attributes:
-        estimator: a key of estimators.ESTIMATORS ("sgvb_b" is the paper's choice for the Gaussian VAE).
+        estimator: a key of estimators.ESTIMATORS ("sgvb_b" is the paper's choice for the Gaussian VAE), or
+            "auto": sgvb_b where the posterior/prior pair has an analytic KL, sgvb_a otherwise.
         num_samples: L, samples of z per datapoint (K for "iwae").
+        gradient: "standard", "stl" (sticking the landing) or "dreg" (doubly reparameterized, iwae only).
         optimizer: "adagrad" (the paper's, with warm-up), "adam" or "adamw".
         lr: global step size (peak learning rate for schedules).
         lr_candidates: the paper's rule when non-empty: train each step size for `search_samples` datapoints and
@@ -54,6 +56,7 @@ class TrainConfig:
 
     estimator: str = "sgvb_b"
     num_samples: int = 1
+    gradient: str = "standard"
     optimizer: str = "adam"
     lr: float = 1e-3
     lr_candidates: tuple[float, ...] = ()
@@ -75,7 +78,10 @@ class TrainConfig:
     def __post_init__(self):
         object.__setattr__(self, "lr_candidates", tuple(float(v) for v in self.lr_candidates))
         checks = [
-            (self.estimator in ESTIMATORS, f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}"),
+            (self.estimator in ESTIMATORS or self.estimator == "auto",
+             f"unknown estimator {self.estimator!r}; choose from auto, {', '.join(ESTIMATORS)}"),
+            (self.gradient in GRADIENTS, f"unknown gradient {self.gradient!r}; choose from {', '.join(GRADIENTS)}"),
+            (self.gradient != "dreg" or self.estimator == "iwae", "gradient 'dreg' needs estimator 'iwae'"),
             (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}"),
             (self.binarize in BINARIZE, f"unknown binarization {self.binarize!r}; choose from {', '.join(BINARIZE)}"),
@@ -169,7 +175,9 @@ class Trainer:
         self.n_train = train_x.shape[0]
         self.total = cfg.total_samples(self.n_train)
         self.total_steps = math.ceil(self.total / cfg.batch_size)
-        self.estimator = ESTIMATORS[cfg.estimator]
+        x_dim = train_x.shape[1]
+        self.estimator = ESTIMATORS[resolve_estimator(cfg.estimator, model, x_dim)]
+        self.eval_estimator = resolve_estimator("auto", model, x_dim)  # logs report the ELBO whatever the objective
         self.batches = Batches(self.n_train, cfg.batch_size, cfg.replacement, cfg.seed + 1)
         self.noise = torch.Generator(device=train_x.device).manual_seed(cfg.seed + 2)
         self.eval_train, self.eval_test = self._eval_sets()
@@ -210,7 +218,7 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = lr
             x = self._minibatch()
-            out = self.estimator(model, x, num_samples=c.num_samples)
+            out = self.estimator(model, x, num_samples=c.num_samples, gradient=c.gradient)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
@@ -242,7 +250,7 @@ class Trainer:
             self.lr, self.step, self.samples_seen = lr, 0, 0
             self.optimizer = self._optimizer(lr)
             self.train_steps(steps)
-            elbo = evaluate(self.model, probe, num_samples=1)["elbo"]
+            elbo = evaluate(self.model, probe, estimator=self.eval_estimator, num_samples=1)["elbo"]
             print(f"step-size search: lr={lr:g} train ELBO {elbo:.2f} after {self.samples_seen} datapoints")
             if best is None or elbo > best[0]:
                 best = (elbo, lr, copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
@@ -273,8 +281,8 @@ class Trainer:
     def log_eval(self) -> dict:
         c = self.cfg
         with self.averaged():
-            tr = evaluate(self.model, self.eval_train, estimator=c.estimator, num_samples=c.eval_num_samples)
-            te = evaluate(self.model, self.eval_test, estimator=c.estimator, num_samples=c.eval_num_samples)
+            tr = evaluate(self.model, self.eval_train, estimator=self.eval_estimator, num_samples=c.eval_num_samples)
+            te = evaluate(self.model, self.eval_test, estimator=self.eval_estimator, num_samples=c.eval_num_samples)
         rec = {
             "samples_seen": self.samples_seen, "epoch": self.samples_seen / self.n_train, "step": self.step,
             "train_elbo": tr["elbo"], "test_elbo": te["elbo"], "train_rec": tr["rec"], "train_kl": tr["kl"],
@@ -282,7 +290,7 @@ class Trainer:
             "lr": self.lr * lr_factor(c, max(0, self.step - 1), self.total_steps), "seconds": round(self.seconds, 3),
         }
         if self.ema is not None:
-            rec["test_elbo_raw"] = evaluate(self.model, self.eval_test, estimator=c.estimator,
+            rec["test_elbo_raw"] = evaluate(self.model, self.eval_test, estimator=self.eval_estimator,
                                             num_samples=c.eval_num_samples)["elbo"]
         for k in ("train_elbo", "test_elbo"):
             if not math.isfinite(rec[k]):

@@ -4,7 +4,9 @@ Measures in one process, interleaved so that machine noise hits every contender 
   (a) samples/s of aevb's trainer for the paper's MNIST model (784-500-tanh-20, M=100, Adagrad) and for
       pytorch/examples' model (784-400-ReLU-20, Adam, M=128);
   (b) the same two models trained by a reference loop written the way pytorch/examples/vae is (per-sample
-      Dataset, shuffling DataLoader, sigmoid then BCE on probabilities, .item() every step);
+      Dataset that, like torchvision's MNIST with ToTensor, makes a PIL image per item; shuffling DataLoader;
+      sigmoid then BCE on probabilities; .item() every step);
+  (a') aevb with --compile (torch.compile of the estimator), after its compilation;
   (c) the float32 matmul roofline of this machine turned into samples/s from each model's FLOPs per datapoint;
 and, to explain any gap to the roofline, the samples/s of the step's matrix products alone at the model's real
 shapes; and peak resident memory of a real `aevb train` run on MNIST (a subprocess).
@@ -21,8 +23,10 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -81,14 +85,14 @@ def gemm_only(spec: dict, seconds: float = 2.0) -> float:
 
 
 # -- aevb -----------------------------------------------------------------------------------------------------
-def aevb_trainer(x: torch.Tensor, spec: dict) -> Trainer:
+def aevb_trainer(x: torch.Tensor, spec: dict, compile: bool = False) -> Trainer:
     torch.manual_seed(0)
     init = "paper" if spec["optimizer"] == "adagrad" else "torch"
     model = VAE(ModelConfig(784, 20, (spec["hidden"],), spec["activation"], "bernoulli", init))
     cfg = TrainConfig(optimizer=spec["optimizer"], lr=spec["lr"], batch_size=spec["batch"], schedule="constant",
                       warmup_steps=100 if spec["optimizer"] == "adagrad" else 0,
                       weight_decay="prior" if spec["optimizer"] == "adagrad" else 0.0,
-                      replacement=spec["optimizer"] == "adagrad", samples=10**9)
+                      replacement=spec["optimizer"] == "adagrad", samples=10**9, compile=compile)
     return Trainer(model, x, x[:1000], cfg, run_dir=None, progress=False)
 
 
@@ -101,14 +105,18 @@ def time_aevb(trainer: Trainer, steps: int) -> float:
 
 # -- the reference loop, written the way pytorch/examples/vae/main.py is ---------------------------------------------
 class PerSampleMNIST(Dataset):
-    def __init__(self, images_uint8: torch.Tensor):
+    """What torchvision's MNIST with ToTensor() does per item: a PIL image, then a float tensor in [0, 1]."""
+
+    def __init__(self, images_uint8: np.ndarray):
         self.images = images_uint8
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
-        return self.images[i].float().div(255.0), 0  # like ToTensor(): one image at a time
+        img = Image.fromarray(self.images[i], mode="L")
+        x = torch.from_numpy(np.array(img, copy=True)).view(1, 28, 28)
+        return x.float().div(255.0), 0
 
 
 class ReferenceVAE(nn.Module):
@@ -170,21 +178,29 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seconds", type=float, default=4.0, help="rough time per measurement")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile contender")
     args = p.parse_args()
 
     ds = load("mnist", split="standard", data_dir=args.data_dir)
-    images_uint8 = (ds.train * 255).round().to(torch.uint8).reshape(-1, 1, 28, 28)
+    images_uint8 = (ds.train * 255).round().to(torch.uint8).reshape(-1, 28, 28).numpy()
     peak = matmul_roofline()
     results = {}
     for name, spec in MODELS.items():
         trainer, ref = aevb_trainer(ds.train, spec), reference_loop(images_uint8, spec)
+        compiled = aevb_trainer(ds.train, spec, compile=True) if args.compile else None
         time_aevb(trainer, 150)  # warm-up (includes the paper's 100 accumulate-only minibatches)
+        if compiled is not None:
+            t = time.perf_counter()
+            time_aevb(compiled, 150)
+            compile_seconds = time.perf_counter() - t
         ref(20)
         steps_a = max(50, int(args.seconds * time_aevb(trainer, 100) / spec["batch"]))
         steps_r = max(20, int(args.seconds * ref(30) / spec["batch"]))
-        a, r, roof, gemm = [], [], [], []
+        a, c, r, roof, gemm = [], [], [], [], []
         for _ in range(args.rounds):
             a.append(time_aevb(trainer, steps_a))
+            if compiled is not None:
+                c.append(time_aevb(compiled, steps_a))
             r.append(ref(steps_r))
             roof.append(matmul_roofline(reps=5))
             gemm.append(gemm_only(spec))
@@ -200,6 +216,13 @@ def main() -> None:
             "gemm_only_samples_per_s": round(statistics.median(gemm)),
             "fraction_of_gemm_only": round(statistics.median(a) / statistics.median(gemm), 3),
         }
+        if c:
+            best = statistics.median(c)
+            results[name].update({
+                "aevb_compiled_samples_per_s": round(best), "compile_seconds": round(compile_seconds, 1),
+                "compiled_speedup_vs_reference": round(best / statistics.median(r), 2),
+                "compiled_fraction_of_roofline": round(best / roofline, 3),
+            })
     summary = {
         "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
         "matmul_gflops": round(peak / 1e9, 1), "models": results,

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 MAX_FLOATS = 2**24  # memory budget: leading sample dims * B * D of one decoder call stay below this
 DENSITIES = ("auto", "gaussian", "kde")
 JITTER = 0.5  # HMC step sizes are drawn uniformly from eps * [1 - JITTER, 1 + JITTER]
+PILOT_CHAINS = 4  # AIS chains per datapoint that tune the step size and carry no weight
 KDE_FACTORS = torch.logspace(-1.3, 0.3, 17).tolist()  # candidate bandwidths, in units of each dimension's std
 
 
@@ -308,8 +309,9 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, l
 
     Each chain starts at z ~ p(z), adds (beta_t - beta_{t-1}) log p(x|z) to its log weight, then makes one HMC
     transition that leaves f_t invariant; log p(x) ~= logmeanexp over chains of the log weights, a stochastic
-    lower bound. With `adapt` each datapoint's step size (shared by its chains) moves multiplicatively toward
-    `target_accept` after every transition (Wu et al. 2017 do the same).
+    lower bound. With `adapt` each datapoint's step size moves multiplicatively toward `target_accept` after
+    every transition, driven by PILOT_CHAINS extra chains whose weights are discarded: a step size driven by the
+    weighted chains themselves depends on their states and biases log p(x) upward (measured: +0.1 nats).
 
     Returns:
         dict with (N,) `log_px` and `step_size` (final), floats `mean`, `stderr` and `accept_rate`.
@@ -317,30 +319,32 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, l
     _check_positive(num_steps=num_steps, num_chains=num_chains, leapfrog_steps=leapfrog_steps,
                     batch_size=batch_size)
     betas = sigmoid_schedule(num_steps).tolist()
+    pilots = PILOT_CHAINS if adapt else 0
     outs = []
     with _evaluating(model, seed, x.device):
         for xb in x.split(batch_size):
             joint = _Joint(model, xb)
-            z0 = joint.prior.sample((num_chains, xb.shape[0]))  # (C, B, Dz)
-            outs.append(_ais_batch(joint, z0, betas, leapfrog_steps, step_size, adapt, target_accept))
+            z0 = joint.prior.sample((num_chains + pilots, xb.shape[0]))  # (C + P, B, Dz)
+            outs.append(_ais_batch(joint, z0, betas, leapfrog_steps, step_size, num_chains, target_accept))
     log_px, accept, eps = (torch.cat(t) for t in zip(*outs))
     return _summary(log_px, accept_rate=float(accept.double().mean()), step_size=eps)
 
 
-def _ais_batch(joint: _Joint, z0, betas, steps, step_size, adapt, target_accept):
-    u = joint.to_u(z0)  # (C, B, Du)
+def _ais_batch(joint: _Joint, z0, betas, steps, step_size, num_chains, target_accept):
+    """Chains [:num_chains] carry the weights; any further (pilot) chains only tune the step size."""
+    u = joint.to_u(z0)  # (C + P, B, Du)
     eps = u.new_full((1, u.shape[1], 1), step_size)  # per datapoint, shared by its chains
-    log_w = u.new_zeros(u.shape[:2])  # (C, B)
+    log_w = u.new_zeros((num_chains, u.shape[1]))  # (C, B)
     log_lik = joint(u, 0.0).log_lik
     accept = u.new_zeros(u.shape[1])
     for beta_prev, beta in zip(betas[:-1], betas[1:]):
-        log_w += (beta - beta_prev) * log_lik
+        log_w += (beta - beta_prev) * log_lik[:num_chains]
         target = partial(joint, beta=beta)
         u, state, a = _hmc_step(target, u, target(u), eps, steps)
         log_lik = state.log_lik
-        accept += a.mean(0)
-        if adapt:
-            eps = eps * torch.exp(a.mean(0) - target_accept).view(1, -1, 1)
+        accept += a[:num_chains].mean(0)
+        if u.shape[0] > num_chains:
+            eps = eps * torch.exp(a[num_chains:].mean(0) - target_accept).view(1, -1, 1)
     return _logmeanexp(log_w), accept / (len(betas) - 1), eps.view(-1)
 
 

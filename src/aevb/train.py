@@ -17,10 +17,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import runs
+from .data import binarize_static
 from .estimators import ESTIMATORS, GRADIENTS, evaluate, resolve_estimator
 from .optim import OPTIMIZERS, make_optimizer
 
 SCHEDULES = ("constant", "cosine")
+# The fixed binarization that logged ELBOs of binarized runs use (and `aevb eval` repeats).
+EVAL_BINARIZATION_SEEDS = {"train": 12345, "test": 54321}
 BINARIZE = ("none", "dynamic", "static")
 
 
@@ -51,6 +54,8 @@ class TrainConfig:
         evals_per_decade: log-spaced evaluation points per factor of 10 in samples_seen (1, 2, 5 x 10^k for 3).
         ema: decay per step of an exponential moving average of the weights (Polyak averaging); 0 turns it off.
             When on, logged ELBOs, pictures and saved weights use the average (`*_raw` fields: the last iterate).
+        compile: run the estimator through torch.compile (fuses elementwise work; about 1.2-1.5x faster on CPU
+            after a compilation of about a minute, so worth it for long runs only; needs a C++ compiler).
         seed: seeds initialization, minibatch order and the noise.
     """
 
@@ -73,6 +78,7 @@ class TrainConfig:
     eval_num_samples: int = 1
     evals_per_decade: int = 3
     ema: float = 0.0
+    compile: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -177,6 +183,8 @@ class Trainer:
         self.total_steps = math.ceil(self.total / cfg.batch_size)
         x_dim = train_x.shape[1]
         self.estimator = ESTIMATORS[resolve_estimator(cfg.estimator, model, x_dim)]
+        if cfg.compile:
+            self.estimator = torch.compile(self.estimator)
         self.eval_estimator = resolve_estimator("auto", model, x_dim)  # logs report the ELBO whatever the objective
         self.batches = Batches(self.n_train, cfg.batch_size, cfg.replacement, cfg.seed + 1)
         self.noise = torch.Generator(device=train_x.device).manual_seed(cfg.seed + 2)
@@ -192,9 +200,8 @@ class Trainer:
         """The data the logged ELBOs are computed on: binarized once with a fixed seed where training binarizes."""
         if self.cfg.binarize == "none":
             return self.train_x, self.test_x
-        from .data import binarize_static
-
-        return binarize_static(self.train_x, seed=12345), binarize_static(self.test_x, seed=54321)
+        seeds = EVAL_BINARIZATION_SEEDS
+        return binarize_static(self.train_x, seed=seeds["train"]), binarize_static(self.test_x, seed=seeds["test"])
 
     def _optimizer(self, lr: float):
         c = self.cfg
@@ -281,8 +288,8 @@ class Trainer:
     def log_eval(self) -> dict:
         c = self.cfg
         with self.averaged():
-            tr = evaluate(self.model, self.eval_train, estimator=self.eval_estimator, num_samples=c.eval_num_samples)
-            te = evaluate(self.model, self.eval_test, estimator=self.eval_estimator, num_samples=c.eval_num_samples)
+            kw = dict(estimator=self.eval_estimator, num_samples=c.eval_num_samples)
+            tr, te = evaluate(self.model, self.eval_train, **kw), evaluate(self.model, self.eval_test, **kw)
         rec = {
             "samples_seen": self.samples_seen, "epoch": self.samples_seen / self.n_train, "step": self.step,
             "train_elbo": tr["elbo"], "test_elbo": te["elbo"], "train_rec": tr["rec"], "train_kl": tr["kl"],

@@ -76,16 +76,16 @@ def test_grid_refuses_more_than_two_latent_dimensions():
 
 @pytest.mark.parametrize("z_dim", [1, 2])
 def test_importance_sampling_recovers_log_px(z_dim):
-    # K = 2000 with a shifted, widened q: measured |error| up to 0.065 per datapoint and mean error within
-    # +-0.008 over seeds; tolerances 0.15 per datapoint and 0.02 for the mean over the 20 datapoints
+    # K = 2000 with a shifted, widened q: over seeds 0-9, |error| up to 0.095 per datapoint and the mean error
+    # within +-0.013; tolerances 0.15 per datapoint and 0.025 for the mean over the 40 datapoints
     lg = imperfect(z_dim)
-    x = lg.sample_x(20)
+    x = lg.sample_x(40)
     out = importance_sampling(lg, x, num_samples=2000, seed=SEED)
     err = errors(out, lg.log_marginal(x))
     assert err.abs().max() < 0.15
-    assert abs(err.mean()) < 0.02
+    assert abs(err.mean()) < 0.025
     assert (out["elbo"] <= out["log_px"]).all()  # Jensen, on the same samples
-    assert out["log_px"].shape == (20,) and out["log_px"].dtype == torch.float64
+    assert out["log_px"].shape == (40,) and out["log_px"].dtype == torch.float64
 
 
 def test_importance_sampling_is_a_bound_that_rises_with_k():
@@ -140,41 +140,45 @@ def test_importance_sampling_memory_stays_under_budget(monkeypatch):
 
 @pytest.mark.parametrize("z_dim", [1, 2])
 def test_hmc_estimator_paper_settings(z_dim):
-    # the paper's settings (50 samples, 4 leapfrog steps, 5 burn-in transitions): with 25 samples to fit q and
-    # 25 to average, single datapoints are off by up to ~1 nat (chain autocorrelation), but the mean over 40
-    # datapoints is within 0.05 (measured) and the mean |error| below 0.25; tolerances 0.12 and 0.35
+    # the paper's settings (50 samples, 4 leapfrog steps, 5 burn-in transitions). With 25 samples to fit q and
+    # 25 to average, from a chain that starts at an encoder sample, single datapoints can be off by several nats
+    # (a few in a hundred by more than 1); over seeds 0-9 the mean error over 80 datapoints stayed within 0.08
+    # and the median |error| below 0.2. Tolerances 0.15 and 0.3
     lg = imperfect(z_dim)
-    x = lg.sample_x(40)
+    x = lg.sample_x(80)
     out = hmc_estimator(lg, x, seed=SEED)
     err = errors(out, lg.log_marginal(x))
-    assert abs(err.mean()) < 0.12
-    assert err.abs().mean() < 0.35
+    assert abs(err.mean()) < 0.15
+    assert err.abs().median() < 0.3
     assert 0.8 < out["accept_rate"] < 0.97  # tuned toward 0.9
 
 
-@pytest.mark.parametrize("density", ["gaussian", "kde"])
-def test_hmc_estimator_converges_with_more_samples(density):
-    # 400 samples and 20 burn-in transitions: measured |error| below 0.1 per datapoint (Gaussian density; the
-    # KDE is noisier on a Gaussian posterior); tolerances 0.25 per datapoint and 0.05 for the mean
+@pytest.mark.parametrize("density, tol", [("gaussian", 0.25), ("kde", 0.6)])
+def test_hmc_estimator_converges_with_more_samples(density, tol):
+    # 400 samples and 20 burn-in transitions, over seeds 0-9: |error| up to 0.15 per datapoint with the
+    # Gaussian density and 0.47 with the KDE (noisier on a Gaussian posterior), mean error within 0.03.
+    # Tolerances `tol` per datapoint, 0.06 for the mean and 0.1 for the median |error| over 20 datapoints
     lg = imperfect(2)
     x = lg.sample_x(20)
     out = hmc_estimator(lg, x, num_samples=400, burn_in=20, density=density, seed=SEED)
     err = errors(out, lg.log_marginal(x))
-    assert err.abs().max() < 0.25
-    assert abs(err.mean()) < 0.05
+    assert err.abs().max() < tol
+    assert abs(err.mean()) < 0.06
+    assert err.abs().median() < 0.1
 
 
 # --- annealed importance sampling --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("z_dim", [1, 2])
 def test_ais_recovers_log_px(z_dim):
-    # 500 sigmoid-spaced temperatures, 16 chains: measured |error| up to 0.2 per datapoint (the posterior is 6x
-    # narrower than the prior); tolerances 0.3 per datapoint and 0.1 for the mean over 10 datapoints
+    # 500 sigmoid-spaced temperatures, 32 chains: over seeds 0-9, |error| up to 0.22 per datapoint (the
+    # posterior is 6x narrower than the prior) and mean error within 0.06; tolerances 0.35 per datapoint and
+    # 0.1 for the mean over 10 datapoints
     lg = imperfect(z_dim)
     x = lg.sample_x(10)
-    out = ais(lg, x, num_steps=500, num_chains=16, seed=SEED)
+    out = ais(lg, x, num_steps=500, num_chains=32, seed=SEED)
     err = errors(out, lg.log_marginal(x))
-    assert err.abs().max() < 0.3
+    assert err.abs().max() < 0.35
     assert abs(err.mean()) < 0.1
     assert 0.55 < out["accept_rate"] < 0.75  # tuned toward 0.65
 
@@ -208,12 +212,29 @@ def test_ais_matches_grid_on_nonlinear_vae(nonlinear):
 
 
 def test_hmc_estimator_matches_grid_on_nonlinear_vae(nonlinear):
-    # 400 samples: measured |error| up to 0.15 (non-Gaussian posteriors, KDE chosen by "auto"); tolerance 0.4 per
-    # datapoint and 0.15 for the mean over 8 datapoints
+    # 1000 samples, 20 burn-in transitions, KDE (by "auto"). Over seeds 0-9: |error| up to 0.12 per datapoint
+    # but for one of the 80 (0.41: a chain whose step size adapted poorly mixes slowly along the long axis of a
+    # skewed posterior), mean error within 0.07. Tolerances 0.5 per datapoint, 0.12 for the mean and 0.08 for
+    # the median |error| over 8 datapoints
     model, x, exact = nonlinear
-    err = errors(hmc_estimator(model, x, num_samples=400, burn_in=20, seed=SEED), exact)
-    assert err.abs().max() < 0.4
-    assert abs(err.mean()) < 0.15
+    err = errors(hmc_estimator(model, x, num_samples=1000, burn_in=20, seed=SEED), exact)
+    assert err.abs().max() < 0.5
+    assert abs(err.mean()) < 0.12
+    assert err.abs().median() < 0.08
+
+
+def test_constrained_prior_runs_in_unconstrained_coordinates():
+    # a Gamma prior and posterior (support z > 0): HMC and AIS move u = log z and add log |dz/du| to the prior's
+    # density. Reference: IS with K = 50000 (spread over seeds 0-9 below 0.025). Over those seeds AIS (200
+    # temperatures) was within 0.031 of it and HMC (400 samples) within 0.18; tolerances 0.1 and 0.35
+    torch.manual_seed(0)
+    model = aevb.VAE(aevb.ModelConfig(x_dim=6, latent_dim=2, hidden=(8,), posterior="gamma"))
+    x = torch.bernoulli(torch.full((4, 6), 0.5), generator=torch.Generator().manual_seed(1))
+    exact = importance_sampling(model, x, num_samples=50000, seed=SEED)["log_px"]
+    assert errors(ais(model, x, num_steps=200, seed=SEED), exact).abs().max() < 0.1
+    assert errors(hmc_estimator(model, x, num_samples=400, burn_in=20, seed=SEED), exact).abs().max() < 0.35
+    with pytest.raises(ValueError, match="all of R"):
+        grid(model, x)
 
 
 # --- dispatch and arguments --------------------------------------------------------------------------------------

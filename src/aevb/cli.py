@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from . import __version__, runs
 from .data import DATASETS, SPLITS, DataError, binarize_static, load
 from .estimators import ESTIMATORS, GRADIENTS, evaluate, resolve_estimator
 from .families import POSTERIORS, PRIORS
+from .marginal import METHODS, log_likelihood
 from .likelihoods import LIKELIHOODS
 from .model import INITS, VAE, ModelConfig
 from .nets import ACTIVATIONS
@@ -108,9 +110,18 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    e = sub.add_parser("eval", help="ELBO of a trained run on its train and test splits (prints JSON)")
+    e = sub.add_parser("eval", help="ELBO, or log p(x) with --method, of a trained run (prints one JSON object)",
+                       description="Without --method: the ELBO on both splits. With --method: log p(x) per "
+                       "datapoint (nats, mean and standard error), the ELBO and bits/dim on one split.")
     e.add_argument("run", help="run folder")
-    e.add_argument("--num-samples", type=int, default=1, help="L, samples per datapoint (default 1)")
+    e.add_argument("--num-samples", type=int, default=1, help="L, samples per datapoint for the ELBO (default 1)")
+    e.add_argument("--method", choices=sorted(METHODS), help="log p(x) estimator: is (importance sampling), hmc "
+                   "(the paper's Appendix D), ais (annealed importance sampling), grid (exact, Nz <= 2)")
+    e.add_argument("--k", type=_count, help="samples: importance samples (is, default 5000), posterior samples "
+                   "(hmc, default 50), chains (ais, default 16); ignored by grid")
+    e.add_argument("--split", choices=("test", "train"), default="test", help="split for --method (default test)")
+    e.add_argument("--limit", type=_count, help="first N datapoints only (--limit 1000: the paper's protocol)")
+    e.add_argument("--seed", type=int, default=0)
     e.add_argument("--data-dir", help="override the data folder recorded in the run")
     e.add_argument("--device", default="cpu")
 
@@ -237,12 +248,44 @@ def _fit_and_finish(model, ds, train_cfg, config, out, device, no_progress, *, r
 
 
 # -- eval / sample --------------------------------------------------------------------------------------------
+K_NAMES = {"is": "num_samples", "hmc": "num_samples", "ais": "num_chains"}
+
+
+def _eval_marginal(args, model, config, ds, device) -> dict:
+    """log p(x) on one split by the chosen estimator, with the ELBO and bits/dim of the same datapoints."""
+    x = ds.test if args.split == "test" else ds.train
+    binarize = config["train"].get("binarize", "none")
+    if binarize != "none":
+        x = binarize_static(x, seed=EVAL_BINARIZATION_SEEDS[args.split])
+    x = x[: args.limit].to(device) if args.limit else x.to(device)
+    kw = {"seed": args.seed} if args.method != "grid" else {}
+    if args.k is not None and args.method in K_NAMES:
+        kw[K_NAMES[args.method]] = args.k
+    if args.method == "is":
+        kw["progress"] = True
+    start = time.perf_counter()
+    r = log_likelihood(model, x, args.method, **kw)
+    seconds = time.perf_counter() - start
+    torch.manual_seed(args.seed)
+    elbo = evaluate(model, x, estimator=resolve_estimator("auto", model, x.shape[1]), num_samples=args.num_samples)
+    k = kw.get(K_NAMES.get(args.method, ""), None)
+    return {"run": str(args.run), "method": args.method, "k": k, "split": args.split, "n": int(x.shape[0]),
+            "log_likelihood": r["mean"], "stderr": r["stderr"], "nll": -r["mean"], "elbo": elbo["elbo"],
+            "bits_per_dim": -r["mean"] / (x.shape[1] * math.log(2)),
+            "binarization": f"static, seed {EVAL_BINARIZATION_SEEDS[args.split]}" if binarize != "none" else "none",
+            "seconds": round(seconds, 3),
+            **{key: v for key, v in r.items() if key not in ("log_px", "mean", "stderr") and not torch.is_tensor(v)}}
+
+
 def cmd_eval(args) -> int:
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     device = _device(args.device)
     model, config = runs.load_run(args.run, device=device)
     ds = _load_data(config["data"], args.data_dir or config["data"]["data_dir"])
+    if args.method:
+        print(json.dumps(_eval_marginal(args, model, config, ds, device)))
+        return 0
     binarize = config["train"].get("binarize", "none")
     start = time.perf_counter()
     estimator = resolve_estimator("auto", model, config["data"]["x_dim"])

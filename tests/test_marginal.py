@@ -89,16 +89,12 @@ def test_importance_sampling_recovers_log_px(z_dim):
 
 
 def test_importance_sampling_is_a_bound_that_rises_with_k():
-    # E[log p^_K] <= log p(x), rising with K. 20 datapoints x 100 replicates; the measured means are about
-    # -1.1, -0.35, -0.09, -0.005 nats below exact for K = 1, 3, 10, 100, with standard errors of at most 0.04
+    # E[log p^_K] <= log p(x), rising with K. 20 datapoints x 100 replicates; over seeds 0-4 the means were
+    # 1.23-1.30, 0.34-0.41, 0.086-0.104 and 0.008-0.017 nats below exact for K = 1, 3, 10, 100
     lg = imperfect(2)
     x = lg.sample_x(20).repeat(100, 1)
     exact = lg.log_marginal(x).mean().item()
-    means, stderrs = [], []
-    for k in (1, 3, 10, 100):
-        out = importance_sampling(lg, x, num_samples=k, seed=SEED, batch_size=2000)
-        means.append(out["mean"])
-        stderrs.append(out["stderr"])
+    means = [importance_sampling(lg, x, num_samples=k, seed=SEED, batch_size=2000)["mean"] for k in (1, 3, 10, 100)]
     assert means == sorted(means)
     for m in means[:3]:
         assert m < exact - 0.05
@@ -129,11 +125,12 @@ def test_importance_sampling_memory_stays_under_budget(monkeypatch):
 
     lg = Spy(x_dim=5, z_dim=2, q_shift=0.2, q_scale=1.3)
     x = lg.sample_x(30)
-    a = importance_sampling(lg, x, num_samples=20000, batch_size=10, seed=SEED)
-    assert max(sizes) <= 1000 and len(sizes) == 3 * 1000  # 3 batches of 20000 / (1000 // 50) chunks
-    b = importance_sampling(lg, x, num_samples=20000, batch_size=30, chunk_size=5000, seed=SEED + 1)
-    # two independent K = 20000 runs: per-datapoint Monte Carlo error measured below 0.02
-    torch.testing.assert_close(a["log_px"], b["log_px"], rtol=0, atol=0.06)
+    a = importance_sampling(lg, x, num_samples=5000, batch_size=10, seed=SEED)
+    assert max(sizes) <= 1000 and len(sizes) == 3 * 250  # 3 batches of 5000 / (1000 // 50) chunks
+    monkeypatch.undo()
+    b = importance_sampling(lg, x, num_samples=20000, seed=SEED + 1)
+    # independent runs: |a - b| measured up to 0.071 per datapoint over 20 seeds (K = 5000's Monte Carlo error)
+    torch.testing.assert_close(a["log_px"], b["log_px"], rtol=0, atol=0.12)
 
 
 # --- the paper's HMC estimator -----------------------------------------------------------------------------------
@@ -185,8 +182,8 @@ def test_ais_recovers_log_px(z_dim):
 
 def test_ais_is_a_bound_in_expectation():
     # E[log Z^] <= log Z: with 1 chain and 50 temperatures the weights are noisy and the mean over 400 datapoints
-    # is measured 0.5-0.6 nats below exact (standard error 0.05); an adaptation that peeked at the weighted
-    # chains' own states pushed it up by 0.1
+    # was 0.39-0.73 nats below exact over seeds 0-4; a step-size adaptation driven by the weighted chains' own
+    # states (before the pilot chains) pushed such means up by about 0.1
     lg = imperfect(1)
     x = lg.sample_x(400)
     out = ais(lg, x, num_steps=50, num_chains=1, seed=SEED, batch_size=400)

@@ -5,7 +5,9 @@ import torch
 from torch.distributions import Independent
 
 from aevb import VAE, ModelConfig
-from aevb.optim import PaperAdagrad
+from aevb import TrainConfig
+from aevb.optim import make_optimizer
+from aevb.train import lr_factor
 
 
 def test_contract_distributions_have_event_dims_and_sample_dims_first():
@@ -56,16 +58,21 @@ def test_config_validation():
 
 
 def test_paper_adagrad_matches_closed_form():
-    """Warm-up accumulates g^2 only; afterwards p <- p - lr g / sqrt(sum g^2 + eps) with prior gradient p/N."""
+    """Warm-up accumulates g^2 only (step size 0); then p <- p - lr g / (sqrt(sum g^2) + eps), with the prior's
+    gradient p / N added to the per-datapoint gradient."""
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
-    opt = PaperAdagrad([p], lr=0.1, warmup=2, prior_scale=0.5)
+    cfg = TrainConfig(optimizer="adagrad", lr=0.1, warmup_steps=2, weight_decay="prior", schedule="constant",
+                      samples=5)
+    opt = make_optimizer("adagrad", [p], lr=0.1, n_train=2, weight_decay="prior")
     ref_p, ref_sum = np.array([1.0, -2.0]), np.zeros(2)
     for step in range(5):
+        for group in opt.param_groups:
+            group["lr"] = 0.1 * lr_factor(cfg, step, 5)
         opt.zero_grad()
         (p**2).sum().backward()  # gradient 2p
         opt.step()
         g = 2 * ref_p + 0.5 * ref_p
         ref_sum += g**2
         if step >= 2:
-            ref_p = ref_p - 0.1 * g / np.sqrt(ref_sum + 1e-8)
+            ref_p = ref_p - 0.1 * g / (np.sqrt(ref_sum) + 1e-8)
         np.testing.assert_allclose(p.detach().numpy(), ref_p, rtol=1e-12)

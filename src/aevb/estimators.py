@@ -26,12 +26,17 @@ def _check(num_samples: int, gradient: str, allowed: tuple[str, ...]) -> None:
 
 
 def _sample(model, x, num_samples: int, gradient: str):
-    """q(z|x), z ~ q (L, B, Dz), and the q whose density log q(z) is evaluated (parameters stopped for STL/DReG)."""
+    """q(z|x), z ~ q (L, B, Dz), and the q whose density log q(z) is evaluated (parameters stopped for STL/DReG).
+
+    The standard gradient needs only the contract encode(x); STL and DReG also need model.encoder_params(x) and
+    model.posterior(raw), to rebuild q from stopped parameters.
+    """
+    if gradient == "standard":
+        q = model.encode(x)
+        return q, q.rsample((num_samples,)), q
     raw = model.encoder_params(x)
     q = model.posterior(raw)
-    z = q.rsample((num_samples,))  # (L, B, Dz)
-    q_density = q if gradient == "standard" else model.posterior(raw.detach())
-    return q, z, q_density
+    return q, q.rsample((num_samples,)), model.posterior(raw.detach())
 
 
 def sgvb_a(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "standard") -> dict:
@@ -81,7 +86,8 @@ def iwae(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "stand
     w~ are the normalized weights: a surrogate loss whose z-gradients are rescaled by w~ through a hook.
     Returns `log_w` (K, B) besides `elbo` (the K-sample bound), `rec` and `kl` (sample means).
     """
-    _check(num_samples, gradient, GRADIENTS)
+    # STL is biased for the importance-weighted bound when K > 1 (Tucker et al. 2019); DReG is its unbiased form.
+    _check(num_samples, gradient, ("standard", "dreg"))
     _, z, q_density = _sample(model, x, num_samples, gradient)
     rec = model.decode(z).log_prob(x)  # (K, B)
     kl = q_density.log_prob(z) - model.prior().log_prob(z)  # (K, B)

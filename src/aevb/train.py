@@ -35,7 +35,8 @@ class TrainConfig:
         estimator: a key of estimators.ESTIMATORS ("sgvb_b" is the paper's choice for the Gaussian VAE), or
             "auto": sgvb_b where the posterior/prior pair has an analytic KL, sgvb_a otherwise.
         num_samples: L, samples of z per datapoint (K for "iwae").
-        gradient: "standard", "stl" (sticking the landing) or "dreg" (doubly reparameterized, iwae only).
+        gradient: "standard", "stl" (sticking the landing; sgvb_a and sgvb_b) or "dreg" (doubly reparameterized,
+            iwae only).
         optimizer: "adagrad" (the paper's, with warm-up), "adam" or "adamw".
         lr: global step size (peak learning rate for schedules).
         lr_candidates: the paper's rule when non-empty: train each step size for `search_samples` datapoints and
@@ -134,10 +135,14 @@ def eval_points(total: int, per_decade: int) -> list[int]:
 
 
 def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
-    """Multiplier of cfg.lr at a step: linear warm-up (non-adagrad), then constant or cosine decay."""
-    warm = 0 if cfg.optimizer == "adagrad" else cfg.warmup_steps
+    """Multiplier of cfg.lr at a step: warm-up, then constant or cosine decay.
+
+    Adagrad's warm-up is the paper's: step size 0, so the minibatches only accumulate squared gradients. Other
+    optimizers warm up linearly.
+    """
+    warm = cfg.warmup_steps
     if step < warm:
-        return (step + 1) / warm
+        return 0.0 if cfg.optimizer == "adagrad" else (step + 1) / warm
     if cfg.schedule == "constant":
         return 1.0
     t = min(1.0, (step - warm) / max(1, total_steps - warm))
@@ -206,7 +211,7 @@ class Trainer:
     def _optimizer(self, lr: float):
         c = self.cfg
         return make_optimizer(c.optimizer, self.model.parameters(), lr=lr, n_train=self.n_train,
-                              warmup=c.warmup_steps, weight_decay=c.weight_decay)
+                              weight_decay=c.weight_decay)
 
     # -- the inner loop -----------------------------------------------------------------------------------
     def _minibatch(self) -> torch.Tensor:

@@ -110,3 +110,17 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_eval_marginal_likelihood_json(digits_run, capsys):
+    assert main(["eval", str(digits_run), "--method", "is", "--k", "200", "--limit", "50"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["n"] == 50 and r["k"] == 200 and r["method"] == "is" and r["split"] == "test"
+    assert r["log_likelihood"] > r["elbo"]  # IS with K = 200 sits above the ELBO of the same points
+    assert r["bits_per_dim"] == pytest.approx(-r["log_likelihood"] / (64 * 0.6931471805599453))
+
+
+def test_eval_grid_needs_two_latent_dims(digits_run, capsys):
+    assert main(["eval", str(digits_run), "--method", "grid", "--limit", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aevb: error:") and len(err.strip().splitlines()) == 1

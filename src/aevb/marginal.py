@@ -12,7 +12,7 @@ import torch
 from torch.distributions import biject_to, constraints
 from tqdm.auto import tqdm
 
-MAX_FLOATS = 2**24  # memory budget: leading sample dims * B * D of one decoder call stay below this
+MAX_FLOATS = 2**21  # per decoder call: ~8 MB of float32 stays in cache; 2**24 measured 2x slower on CPU
 DENSITIES = ("auto", "gaussian", "kde")
 JITTER = 0.5  # HMC step sizes are drawn uniformly from eps * [1 - JITTER, 1 + JITTER]
 PILOT_CHAINS = 4  # AIS chains per datapoint that tune the step size and carry no weight

@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a VAE with AEVB (Algorithm 1) and write a run folder",
                        description="Train a VAE. Flags override the preset (or aevb's defaults when no preset).")
-    t.add_argument("--preset", choices=sorted(PRESETS), help="the paper's Figure 2 settings, e.g. paper-mnist-20")
+    t.add_argument("--preset", choices=sorted(PRESETS), help="named settings: the paper's Figure 2 panels (paper-mnist-20, ...) or iwae-mnist (Burda et al.'s architecture)")
     t.add_argument("--dataset", choices=sorted(DATASETS), help="data set (default mnist)")
     t.add_argument("--split", choices=SPLITS, help="standard (60k/10k for MNIST) or paper (50k train)")
     t.add_argument("--data-dir", help="folder holding the data files (else $AEVB_DATA, the cache, or a download)")

@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                    "standard member)")
     t.add_argument("--init", choices=INITS, help="paper: N(0, 0.01^2) weights; torch: PyTorch's default")
     t.add_argument("--estimator", choices=["auto", *sorted(ESTIMATORS)],
-                   help="sgvb_b (analytic KL), sgvb_a, iwae, or auto: sgvb_b where the KL is analytic, else sgvb_a")
+                   help="sgvb_b (analytic KL), sgvb_a, iwae, wake_sleep (the paper's baseline, logged with the ELBO), or auto: sgvb_b where the KL is analytic, else sgvb_a")
     t.add_argument("--num-samples", type=int, help="L, samples of z per datapoint (K for iwae)")
     t.add_argument("--gradient", choices=GRADIENTS, help="standard, stl (sticking the landing) or dreg (iwae)")
     t.add_argument("--optimizer", choices=OPTIMIZERS)

@@ -24,7 +24,7 @@ def digits():
 
 
 def _cfg(**kw):
-    base = dict(optimizer="adam", lr=3e-3, samples=5000, batch_size=50, schedule="cosine", binarize="dynamic",
+    base = dict(optimizer="adam", lr=3e-3, samples=3000, batch_size=50, schedule="cosine", binarize="dynamic",
                 ema=0.99, seed=3)
     return TrainConfig(**{**base, **kw})
 
@@ -134,7 +134,7 @@ def test_kill_between_metrics_line_and_checkpoint(tmp_path, digits, monkeypatch,
 
 
 def test_resume_with_two_shards_and_the_step_size_search(tmp_path, digits, monkeypatch, reference):
-    cfg = _cfg(shards=2, lr_candidates=(1e-3, 5e-3), search_samples=500, samples=4000)
+    cfg = _cfg(shards=2, lr_candidates=(1e-3, 5e-3), search_samples=500, samples=3000)
     full, _ = reference(cfg)
     resumed = _interrupted(tmp_path / "run", digits, cfg, monkeypatch, "checkpoint", 6, checkpoint_every=0)
     assert _strip(resumed) == _strip(full)

@@ -66,7 +66,7 @@ def _count(text: str) -> int:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 1 or value != int(value):
+    if not value >= 1 or math.isinf(value) or value != int(value):
         raise argparse.ArgumentTypeError(f"expected a positive whole count, got {text!r}")
     return int(value)
 
@@ -88,8 +88,8 @@ def _lr(text: str):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"the learning rate must be positive, got {text!r}")
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"the learning rate must be a positive number, got {text!r}")
     return value
 
 

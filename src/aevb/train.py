@@ -109,11 +109,13 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}"),
             (self.binarize in BINARIZE, f"unknown binarization {self.binarize!r}; choose from {', '.join(BINARIZE)}"),
-            (self.lr > 0 and all(v > 0 for v in self.lr_candidates), "learning rates must be positive"),
+            (all(0 < v < math.inf for v in (self.lr, *self.lr_candidates)),
+             "learning rates must be positive and finite"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.num_samples >= 1 and self.eval_num_samples >= 1, "numbers of samples must be >= 1"),
             ((self.samples is None) != (self.epochs is None), "give exactly one of samples and epochs"),
-            ((self.samples or 1) > 0 and (self.epochs or 1) > 0, "the training length must be positive"),
+            ((self.samples or 1) > 0 and 0 < (self.epochs or 1) < math.inf,
+             "the training length must be positive and finite"),
             (self.weight_decay == "prior" or float(self.weight_decay) >= 0, "weight_decay must be 'prior' or >= 0"),
             (0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}"),
             (self.shards is None or self.shards >= 1, f"shards must be >= 1, got {self.shards}"),
@@ -326,6 +328,9 @@ class Trainer:
         checkpoint_every: seconds between checkpoints during training (besides one at each evaluation); 0 writes
             one after every step.
         max_nonfinite: updates in a row with a non-finite loss or gradient norm that stop the run.
+
+    Construction seeds torch's global generator with this process's first shard stream (`cfg.seed` for shard 0),
+    as `fit` does before it.
     """
 
     def __init__(self, model, train_x, test_x, cfg: TrainConfig, run_dir: Path | None, *, progress: bool = True,
@@ -724,7 +729,8 @@ class Trainer:
         self.streams.load(tensors)
         if self.ema is not None:
             self.ema = [tensors[f"ema.{i}"].to(self.train_x.device) for i in range(len(self.params))]
-        self.step, self.samples_seen, self.seconds, self.lr = meta["step"], meta["samples_seen"], meta["seconds"], meta["lr"]
+        self.step, self.samples_seen = meta["step"], meta["samples_seen"]
+        self.seconds, self.lr = meta["seconds"], meta["lr"]
         guard = meta.get("guard", {})
         self.skipped, self.norm_steps = guard.get("skipped", 0), guard.get("norm_steps", 0)
         if "guard.norm_sum" in tensors:

@@ -37,7 +37,7 @@ def _trainer(digits, run_dir=None, optimizer="adam", **kw):
 
 def _poison(trainer, steps, kind="nan", on_first=None):
     """Make the estimator's loss NaN (or its gradient infinite) at the given trainer steps."""
-    real = trainer.objective.estimator
+    real = trainer.estimator
 
     def estimator(model, x, **kw):
         out = real(model, x, **kw)
@@ -47,7 +47,7 @@ def _poison(trainer, steps, kind="nan", on_first=None):
             out = dict(out, loss=out["loss"] * math.nan if kind == "nan" else _InfGrad.apply(out["loss"]))
         return out
 
-    trainer.objective.estimator = estimator
+    trainer.estimator = estimator
 
 
 def _state(trainer):

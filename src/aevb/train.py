@@ -386,6 +386,16 @@ class Trainer:
         self.last_checkpoint = time.monotonic()
         self.checkpoint_step: int | None = None
 
+    @property
+    def estimator(self):
+        """The training objective `(model, x, *, num_samples, gradient) -> dict`; assign to replace it (full VB
+        does)."""
+        return self.objective.estimator
+
+    @estimator.setter
+    def estimator(self, fn) -> None:
+        self.objective.estimator = fn
+
     # -- construction -------------------------------------------------------------------------------------
     def _eval_sets(self):
         """The data the logged ELBOs are computed on: binarized once with a fixed seed where training binarizes."""

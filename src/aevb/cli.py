@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, distributed, runs
+from . import __version__, distributed, reproduce, runs
 from .data import DATASETS, SPLITS, DataError, binarize_static, load
 from .estimators import ESTIMATORS, GRADIENTS, evaluate, resolve_estimator
 from .families import POSTERIORS, PRIORS
@@ -22,6 +22,7 @@ from .nets import ACTIVATIONS
 from .optim import OPTIMIZERS
 from .plots import manifold_grid, sample_grid, save_image
 from .presets import DEFAULTS, PRESETS
+from .reproduce import FIGURES
 from .train import BINARIZE, EVAL_BINARIZATION_SEEDS, SCHEDULES, TrainConfig, check_data, fit
 
 PAPER_LR_CANDIDATES = (0.01, 0.02, 0.1)
@@ -71,6 +72,16 @@ def _count(text: str) -> int:
     return int(value)
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 2,5,10, got {text!r}")
+    return sizes
+
+
 def _widths(text: str) -> tuple[int, ...]:
     try:
         widths = tuple(int(w) for w in text.split(",") if w.strip())
@@ -115,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
                    "standard member)")
     t.add_argument("--init", choices=INITS, help="paper: N(0, 0.01^2) weights; torch: PyTorch's default")
     t.add_argument("--estimator", choices=["auto", *sorted(ESTIMATORS)],
-                   help="sgvb_b (analytic KL), sgvb_a, iwae, or auto: sgvb_b where the KL is analytic, else sgvb_a")
+                   help="sgvb_b (analytic KL), sgvb_a, iwae, wake_sleep (the paper's baseline, logged with the ELBO), or auto: sgvb_b where the KL is analytic, else sgvb_a")
     t.add_argument("--num-samples", type=int, help="L, samples of z per datapoint (K for iwae)")
     t.add_argument("--gradient", choices=GRADIENTS, help="standard, stl (sticking the landing) or dreg (iwae)")
     t.add_argument("--optimizer", choices=OPTIMIZERS)
@@ -172,6 +183,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="PNG path (default RUN/samples.png)")
+
+    r = sub.add_parser("reproduce", help="run one of the paper's experiments (Figures 2-5) into a folder",
+                       description="Train the paper's models for one figure and write its CSV and PNG, with the "
+                                   "paper's read-off values drawn over the measured curves.")
+    r.add_argument("figure", choices=FIGURES, help="fig2: AEVB vs wake-sleep ELBO; fig3: AEVB, wake-sleep and "
+                   "MCEM log p(x); fig4: 2-D manifolds; fig5: samples for Nz = 2, 5, 10, 20")
+    r.add_argument("--dataset", choices=("mnist", "frey"), default="mnist", help="fig2's data set (default mnist)")
+    r.add_argument("--latent-dims", type=_sizes, help="comma-separated Nz values (fig2, fig5)")
+    r.add_argument("--samples", type=_count, help="training datapoints per model (overrides --budget)")
+    r.add_argument("--budget", type=float, default=0.1,
+                   help="fraction of the paper's training length: 1e8 for fig2, 6e7 for fig3, 1e7 for fig4-5 "
+                        "(default 0.1)")
+    r.add_argument("--n-train", type=_sizes, help="fig3's training-set sizes (default 1000,50000)")
+    r.add_argument("--data-dir", help="folder holding the data files")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--out", required=True, help="folder for the CSV and PNG files")
     return p
 
 
@@ -388,7 +417,32 @@ def cmd_sample(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}
+def cmd_reproduce(args) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    samples = reproduce.training_length(args.figure, args.samples, args.budget)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    common = {"samples": samples, "data_dir": args.data_dir, "seed": args.seed}
+    progress = not args.no_progress
+    if args.figure == "fig2":
+        reproduce.fig2(out, dataset=args.dataset, latent_dims=args.latent_dims, progress=progress, **common)
+    elif args.figure == "fig3":
+        reproduce.fig3(out, n_trains=args.n_train or (1000, 50000), **common)
+    elif args.figure == "fig4":
+        reproduce.fig4(out, progress=progress, **common)
+    else:
+        reproduce.fig5(out, latent_dims=args.latent_dims or (2, 5, 10, 20), progress=progress, **common)
+    print(f"aevb reproduce: wrote {args.figure} into {out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "reproduce": cmd_reproduce}
 
 
 def main(argv=None) -> int:

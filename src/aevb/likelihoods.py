@@ -1,4 +1,8 @@
-"""Observation models p(x|z): heads that map decoder features to a torch Distribution (paper, Appendix C)."""
+"""Observation models p(x|z): heads that map decoder features to a torch Distribution (paper, Appendix C).
+
+Each head is one output layer `out` (nn.Linear) and `from_outputs(a)`, which turns that layer's pre-activations
+into the distribution; full VB (fullvb.py) draws the pre-activations itself and calls `from_outputs`.
+"""
 from __future__ import annotations
 
 import torch
@@ -26,7 +30,11 @@ class BernoulliHead(nn.Module):
         self.dist = dist
 
     def forward(self, h: torch.Tensor) -> Independent:
-        return Independent(self.dist(logits=self.out(h), validate_args=False), 1)
+        return self.from_outputs(self.out(h))
+
+    def from_outputs(self, a: torch.Tensor) -> Independent:
+        """p(x|z) from the output layer's pre-activations a = W h + b (the logits)."""
+        return Independent(self.dist(logits=a, validate_args=False), 1)
 
 
 class GaussianHead(nn.Module):
@@ -42,7 +50,11 @@ class GaussianHead(nn.Module):
         self.sigmoid_mean = sigmoid_mean
 
     def forward(self, h: torch.Tensor) -> Independent:
-        mean, log_var = self.out(h).chunk(2, dim=-1)
+        return self.from_outputs(self.out(h))
+
+    def from_outputs(self, a: torch.Tensor) -> Independent:
+        """p(x|z) from the output layer's pre-activations a = [W4 h + b4, W5 h + b5]."""
+        mean, log_var = a.chunk(2, dim=-1)
         if self.sigmoid_mean:
             mean = torch.sigmoid(mean)
         return Independent(Normal(mean, torch.exp(0.5 * log_var), validate_args=False), 1)
@@ -76,7 +88,11 @@ class CategoricalHead(nn.Module):
         self.levels = levels
 
     def forward(self, h: torch.Tensor) -> Independent:
-        logits = self.out(h).unflatten(-1, (-1, self.levels))  # (..., D, K)
+        return self.from_outputs(self.out(h))
+
+    def from_outputs(self, a: torch.Tensor) -> Independent:
+        """p(x|z) from the output layer's pre-activations a = W h + b, D * K of them."""
+        logits = a.unflatten(-1, (-1, self.levels))  # (..., D, K)
         return Independent(GreyLevels(logits=F.log_softmax(logits, -1), validate_args=False), 1)
 
 

@@ -1,0 +1,297 @@
+"""The paper's experiments end to end (section 5): Figures 2-5, each written as a CSV and/or PNG into one folder.
+
+    fig2: AEVB against wake-sleep, train and test ELBO against datapoints evaluated, one panel per Nz;
+    fig3: AEVB, wake-sleep and Monte Carlo EM, log p(x) by the paper's estimator (Appendix D) on the first 1000
+          train and test points, against datapoints evaluated, for N_train = 1000 and 50000 (Nz = 3, 100 units);
+    fig4: the learned 2-D manifolds of MNIST and Frey Face (a grid through the inverse Gaussian CDF);
+    fig5: random samples of MNIST models with Nz = 2, 5, 10, 20.
+
+Every model uses the paper's settings (presets.PRESETS); the training length is the paper's times `budget`, or
+`samples` when given. The paper's read-off values (PAPER_FIG2, PAPER_FIG3) are drawn over the measured curves.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .data import load
+from .marginal import hmc_estimator
+from .mcem import MCEM, MCEMConfig, PriorStart
+from .model import VAE, ModelConfig
+from .plots import manifold_grid, sample_grid, save_image
+from .presets import PRESETS
+from .runs import _atomic_write
+from .train import Trainer, TrainConfig, eval_points, fit
+
+FIGURES = ("fig2", "fig3", "fig4", "fig5")
+# The paper's lengths in datapoints evaluated: Figure 2 runs to 1e8 and beyond, Figure 3 to about 6e7; Figures 4
+# and 5 state none, and 1e7 is where the pictures stop changing.
+PAPER_SAMPLES = {"fig2": 100_000_000, "fig3": 60_000_000, "fig4": 10_000_000, "fig5": 10_000_000}
+LATENT_DIMS = {"mnist": (3, 5, 10, 20, 200), "frey": (2, 5, 10, 20)}
+
+# Figure 2, read off (PAPER.md): panel -> {(method, split, samples): ELBO}. "any" where the paper's figure does
+# not separate train and test at that point.
+PAPER_FIG2 = {
+    ("mnist", 3): {("aevb", "any", 1e7): -138.5, ("aevb", "train", 1e8): -130.5, ("aevb", "test", 1e8): -133.6,
+                   ("wake_sleep", "any", 1e8): -140.5},
+    ("mnist", 5): {("aevb", "any", 1e6): -141.2, ("aevb", "any", 1e7): -124.0, ("aevb", "train", 1e8): -116.7,
+                   ("aevb", "test", 1e8): -119.2, ("wake_sleep", "any", 1e8): -122.3},
+    ("mnist", 10): {("aevb", "any", 1e6): -130.1, ("aevb", "any", 1e7): -108.0, ("aevb", "train", 1e8): -100.9,
+                    ("aevb", "test", 1e8): -103.8, ("wake_sleep", "any", 1e8): -107.4},
+    ("mnist", 20): {("aevb", "any", 1e6): -125.8, ("aevb", "any", 1e7): -104.6, ("aevb", "train", 1e8): -98.3,
+                    ("aevb", "test", 1e8): -98.5, ("wake_sleep", "any", 1e8): -104.4},
+    ("mnist", 200): {("aevb", "any", 1e6): -121.5, ("aevb", "any", 1e7): -103.3, ("aevb", "train", 1e8): -98.8,
+                     ("aevb", "test", 1e8): -100.4, ("wake_sleep", "any", 1e8): -104.3},
+    ("frey", 2): {("aevb", "any", 1e6): 668, ("aevb", "any", 1e7): 834, ("aevb", "train", 1e8): 932,
+                  ("aevb", "test", 1e8): 872, ("wake_sleep", "any", 1e8): 580},
+    ("frey", 5): {("aevb", "any", 1e6): 740, ("aevb", "any", 1e7): 1060, ("aevb", "train", 1e8): 1226,
+                  ("aevb", "test", 1e8): 1113, ("wake_sleep", "any", 1e8): 580},
+    ("frey", 10): {("aevb", "any", 1e6): 780, ("aevb", "any", 1e7): 1210, ("aevb", "train", 1e8): 1453,
+                   ("aevb", "test", 1e8): 1310, ("wake_sleep", "any", 1e8): 580},
+    ("frey", 20): {("aevb", "any", 1e6): 740, ("aevb", "any", 1e7): 1250, ("aevb", "train", 1e8): 1480,
+                   ("aevb", "test", 1e8): 1313, ("wake_sleep", "any", 1e8): 580},
+}
+# Figure 3, read off: (N_train, method, split) -> log p(x) at the end of the paper's run (6e7-6.8e7 datapoints).
+PAPER_FIG3 = {
+    (1000, "aevb", "train"): -109.1, (1000, "aevb", "test"): -143.2,
+    (1000, "mcem", "train"): -109.0, (1000, "mcem", "test"): -141.5,
+    (1000, "wake_sleep", "train"): -125.5, (1000, "wake_sleep", "test"): -144.8,
+    (50000, "aevb", "train"): -130.9, (50000, "aevb", "test"): -137.9,
+    (50000, "mcem", "train"): -146.9, (50000, "mcem", "test"): -148.4,
+    (50000, "wake_sleep", "train"): -136.9, (50000, "wake_sleep", "test"): -141.0,
+}
+METHOD_LABELS = {"aevb": "AEVB", "wake_sleep": "wake-sleep", "mcem": "MCEM"}
+
+
+def training_length(figure: str, samples: int | None, budget: float) -> int:
+    """`samples` when given, else the paper's length for the figure times `budget` (at least 1e4)."""
+    if samples is not None:
+        if samples < 1:
+            raise ValueError(f"--samples must be >= 1, got {samples}")
+        return int(samples)
+    if not budget > 0:
+        raise ValueError(f"--budget must be positive, got {budget}")
+    return max(10_000, int(round(PAPER_SAMPLES[figure] * budget)))
+
+
+def paper_settings(dataset: str, latent_dim: int, **train) -> dict:
+    """The paper's Figure 2 settings for any Nz (the preset of the same data set with Nz replaced)."""
+    name = f"paper-{dataset}-{latent_dim}"
+    base = PRESETS.get(name) or PRESETS[f"paper-{dataset}-{LATENT_DIMS[dataset][-1]}"]
+    s = copy.deepcopy(base)
+    s["model"]["latent_dim"] = latent_dim
+    s["train"].update(train)
+    return s
+
+
+def _model_and_config(x_dim: int, settings: dict) -> tuple[VAE, TrainConfig]:
+    torch.manual_seed(settings["train"].get("seed", 0))
+    return VAE(ModelConfig(x_dim=x_dim, **settings["model"])), TrainConfig(**settings["train"])
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    _atomic_write(path, lambda tmp: _with_text(tmp, write))
+
+
+def _with_text(path, write) -> None:
+    with open(path, "w", newline="") as f:
+        write(f)
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"aevb reproduce: {message}", flush=True)
+
+
+# -- Figure 2 -------------------------------------------------------------------------------------------------
+
+def fig2(out: Path, *, dataset: str = "mnist", latent_dims=None, samples: int, data_dir=None, seed: int = 0,
+         progress: bool = True, quiet: bool = False) -> list[dict]:
+    """Train AEVB and wake-sleep for every Nz; write fig2.csv and fig2_<dataset>.png. Returns the CSV rows."""
+    latent_dims = tuple(latent_dims or LATENT_DIMS[dataset])
+    if dataset not in LATENT_DIMS:
+        raise ValueError(f"fig2 runs on {' or '.join(LATENT_DIMS)}, not {dataset!r}")
+    ds = load(dataset, split="paper", data_dir=data_dir)
+    rows = []
+    for nz in latent_dims:
+        for method, estimator in (("aevb", "sgvb_b"), ("wake_sleep", "wake_sleep")):
+            settings = paper_settings(dataset, nz, estimator=estimator, samples=samples, seed=seed)
+            model, cfg = _model_and_config(ds.x_dim, settings)
+            _log(f"fig2 {dataset} Nz={nz} {METHOD_LABELS[method]}: {samples:,} datapoints", quiet)
+            start = time.perf_counter()
+            history = fit(model, ds.train, ds.test, cfg, None, progress=progress)
+            _log(f"  test ELBO {history[-1]['test_elbo']:.2f} ({time.perf_counter() - start:.0f} s)", quiet)
+            for rec in history:
+                for split in ("train", "test"):
+                    rows.append({"dataset": dataset, "latent_dim": nz, "method": method, "split": split,
+                                 "samples_seen": rec["samples_seen"], "elbo": rec[f"{split}_elbo"],
+                                 "seconds": rec["seconds"]})
+    _write_csv(out / "fig2.csv", rows)
+    plot_fig2(rows, out / f"fig2_{dataset}.png")
+    return rows
+
+
+def plot_fig2(rows: list[dict], path: Path) -> Path:
+    """One panel per (dataset, Nz): the measured curves and the paper's read-off values as markers."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["dataset"], r["latent_dim"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    colors = {"aevb": "tab:red", "wake_sleep": "tab:blue"}
+    for ax, (dataset, nz) in zip(axes[0], panels):
+        for method in ("aevb", "wake_sleep"):
+            for split, style in (("train", "--"), ("test", "-")):
+                pts = [(r["samples_seen"], r["elbo"]) for r in rows
+                       if (r["dataset"], r["latent_dim"], r["method"], r["split"]) == (dataset, nz, method, split)]
+                if pts:
+                    x, y = zip(*sorted(pts))
+                    ax.plot(x, y, style, color=colors[method], label=f"{METHOD_LABELS[method]} {split}")
+        for (method, split, n), value in PAPER_FIG2.get((dataset, nz), {}).items():
+            marker = {"any": "o", "train": "^", "test": "s"}[split]
+            ax.plot([n], [value], marker, color=colors[method], markeredgecolor="black", markersize=6)
+        ys = [r["elbo"] for r in rows if (r["dataset"], r["latent_dim"]) == (dataset, nz)]
+        ref = list(PAPER_FIG2.get((dataset, nz), {}).values())
+        top = max(ys + ref)
+        ax.set_ylim(min(ref + [top - 80]) - 10 if dataset == "mnist" else min(ref) - 150, top + 5)
+        ax.set_xscale("log")
+        ax.set_title(f"{'MNIST' if dataset == 'mnist' else 'Frey Face'}, $N_z$ = {nz}")
+        ax.set_xlabel("training datapoints evaluated")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("ELBO per datapoint (nats)")
+    axes[0][0].plot([], [], "o", color="grey", markeredgecolor="black", label="paper (read off)")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+# -- Figure 3 -------------------------------------------------------------------------------------------------
+
+def _fig3_model(x_dim: int, seed: int) -> VAE:
+    torch.manual_seed(seed)
+    return VAE(ModelConfig(x_dim=x_dim, latent_dim=3, hidden=(100,), activation="tanh", likelihood="bernoulli",
+                           init="paper"))
+
+
+def fig3(out: Path, *, n_trains=(1000, 50000), samples: int, evals_per_decade: int = 2, eval_points_n: int = 1000,
+         data_dir=None, seed: int = 0, quiet: bool = False, mcem_burn_in: int = 50) -> list[dict]:
+    """AEVB, wake-sleep and MCEM on the first N_train training images; log p(x) by the paper's estimator on the
+    first `eval_points_n` train and test points at log-spaced sample counts. Writes fig3.csv and fig3.png.
+
+    AEVB and wake-sleep use the Figure 2 settings (Adagrad 0.02, weight decay = prior, M = 100); the estimator's
+    chains start at encoder samples with 5 burn-in transitions (the paper's). MCEM has no encoder: its chains start
+    at prior samples with `mcem_burn_in` transitions.
+    """
+    ds = load("mnist", split="paper", data_dir=data_dir)
+    for n in n_trains:
+        if not 1 <= n <= ds.train.shape[0]:
+            raise ValueError(f"N_train must be in 1..{ds.train.shape[0]}, got {n}")
+    probe = {"train": ds.train[:eval_points_n], "test": ds.test[:eval_points_n]}
+    points = eval_points(samples, evals_per_decade)
+    rows = []
+    for n_train in n_trains:
+        train_x = ds.train[:n_train]
+        for method in ("aevb", "wake_sleep", "mcem"):
+            model = _fig3_model(ds.x_dim, seed)
+            _log(f"fig3 N_train={n_train} {METHOD_LABELS[method]}: {samples:,} datapoints", quiet)
+            if method == "mcem":
+                em = MCEM(model, train_x, MCEMConfig(seed=seed))
+                advance, seen = (lambda n, em=em: em.run(math.ceil(n / em.cfg.batch_size))), (lambda em=em: em.samples_seen)
+                target, burn_in = PriorStart(model), mcem_burn_in
+            else:
+                s = paper_settings("mnist", 3, estimator="sgvb_b" if method == "aevb" else "wake_sleep",
+                                   samples=samples, seed=seed)
+                cfg = TrainConfig(**s["train"])
+                trainer = Trainer(model, train_x, probe["test"], cfg, None, progress=False)
+                advance = lambda n, t=trainer: t.train_steps(math.ceil(n / t.cfg.batch_size))  # noqa: E731
+                seen = lambda t=trainer: t.samples_seen  # noqa: E731
+                target, burn_in = model, 5
+            start = time.perf_counter()
+            for point in points:
+                advance(point - seen())
+                for split, x in probe.items():
+                    r = hmc_estimator(target, x, num_samples=50, burn_in=burn_in, seed=seed)
+                    rows.append({"n_train": n_train, "method": method, "split": split, "samples_seen": seen(),
+                                 "log_px": r["mean"], "stderr": r["stderr"],
+                                 "seconds": round(time.perf_counter() - start, 1)})
+            _log(f"  log p(x) train {rows[-2]['log_px']:.2f} test {rows[-1]['log_px']:.2f} "
+                 f"({time.perf_counter() - start:.0f} s)", quiet)
+    _write_csv(out / "fig3.csv", rows)
+    plot_fig3(rows, out / "fig3.png")
+    return rows
+
+
+def plot_fig3(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_trains = sorted({r["n_train"] for r in rows})
+    fig, axes = plt.subplots(1, len(n_trains), figsize=(4.5 * len(n_trains), 3.6), squeeze=False)
+    colors = {"aevb": "tab:red", "wake_sleep": "tab:blue", "mcem": "tab:green"}
+    for ax, n in zip(axes[0], n_trains):
+        for method in colors:
+            for split, style in (("train", "--"), ("test", "-")):
+                pts = sorted((r["samples_seen"], r["log_px"]) for r in rows
+                             if (r["n_train"], r["method"], r["split"]) == (n, method, split))
+                if pts:
+                    x, y = zip(*pts)
+                    ax.plot(x, y, style, color=colors[method], label=f"{METHOD_LABELS[method]} {split}")
+                paper = PAPER_FIG3.get((n, method, split))
+                if paper is not None:
+                    ax.plot([6e7], [paper], "^" if split == "train" else "s", color=colors[method],
+                            markeredgecolor="black")
+        ax.set_xscale("log")
+        ax.set_title(f"MNIST, $N_z$ = 3, $N_{{train}}$ = {n}")
+        ax.set_xlabel("training datapoints evaluated")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("log p(x), Appendix D estimator (nats)")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+# -- Figures 4 and 5 ------------------------------------------------------------------------------------------
+
+def _train_paper_model(dataset: str, nz: int, samples: int, data_dir, seed: int, progress: bool, quiet: bool):
+    ds = load(dataset, split="paper", data_dir=data_dir)
+    model, cfg = _model_and_config(ds.x_dim, paper_settings(dataset, nz, samples=samples, seed=seed))
+    _log(f"{dataset} Nz={nz}: {samples:,} datapoints", quiet)
+    history = fit(model, ds.train, ds.test, cfg, None, progress=progress)
+    _log(f"  test ELBO {history[-1]['test_elbo']:.2f}", quiet)
+    return model, ds, history
+
+
+def fig4(out: Path, *, datasets=("mnist", "frey"), samples: int, data_dir=None, seed: int = 0,
+         progress: bool = True, quiet: bool = False) -> list[Path]:
+    """Nz = 2 models of each data set; their manifolds as fig4_<dataset>.png."""
+    paths = []
+    for dataset in datasets:
+        model, ds, _ = _train_paper_model(dataset, 2, samples, data_dir, seed, progress, quiet)
+        n = 20 if dataset == "mnist" else 10
+        paths.append(save_image(out / f"fig4_{dataset}.png", manifold_grid(model, ds.image_shape, n=n)))
+    return paths
+
+
+def fig5(out: Path, *, latent_dims=(2, 5, 10, 20), samples: int, data_dir=None, seed: int = 0,
+         progress: bool = True, quiet: bool = False) -> list[Path]:
+    """MNIST models for each Nz; 100 random samples of each as fig5_nz<Nz>.png."""
+    paths = []
+    for nz in latent_dims:
+        model, ds, _ = _train_paper_model("mnist", nz, samples, data_dir, seed, progress, quiet)
+        paths.append(save_image(out / f"fig5_nz{nz}.png", sample_grid(model, ds.image_shape, n=100, seed=seed)))
+    return paths

@@ -1,0 +1,88 @@
+"""`aevb reproduce`: the paper's read-off values, the training lengths, and small end-to-end runs on real data."""
+import csv
+import re
+from pathlib import Path
+
+import pytest
+
+from aevb import reproduce
+from aevb.cli import main
+
+PAPER = Path(__file__).resolve().parents[2] / "shared" / "docs" / "PAPER.md"
+
+
+def _paper_fig2_rows():
+    rows = {}
+    for line in PAPER.read_text().splitlines():
+        m = re.match(r"\| (MNIST|Frey) Nz=(\d+) \|(.*)\|$", line)
+        if m:
+            cells = [c.strip() for c in m.group(3).split("|")]
+            rows[(m.group(1).lower(), int(m.group(2)))] = cells
+    return rows
+
+
+def _number(cell):
+    m = re.search(r"-?\d+(\.\d+)?", cell)
+    return float(m.group(0)) if m and not cell.startswith("<") else None
+
+
+@pytest.mark.skipif(not PAPER.exists(), reason="../shared/docs/PAPER.md not found")
+def test_figure2_values_match_paper_md():
+    rows = _paper_fig2_rows()
+    assert set(rows) == set(reproduce.PAPER_FIG2)
+    columns = [("aevb", "any", 1e6), ("aevb", "any", 1e7), ("aevb", "train", 1e8), ("aevb", "test", 1e8)]
+    for panel, cells in rows.items():
+        ours = reproduce.PAPER_FIG2[panel]
+        for key, cell in zip(columns, cells):
+            assert ours.get(key) == _number(cell), (panel, key)
+        assert ours[("wake_sleep", "any", 1e8)] == _number(cells[5])
+
+
+def test_training_length():
+    assert reproduce.training_length("fig2", None, 0.1) == 10_000_000
+    assert reproduce.training_length("fig3", None, 0.5) == 30_000_000
+    assert reproduce.training_length("fig5", 12345, 0.1) == 12345
+    with pytest.raises(ValueError):
+        reproduce.training_length("fig2", None, 0.0)
+
+
+def test_paper_settings_replace_only_nz():
+    s = reproduce.paper_settings("mnist", 7, estimator="wake_sleep")
+    assert s["model"]["latent_dim"] == 7 and s["model"]["hidden"] == (500,)
+    assert s["train"]["estimator"] == "wake_sleep" and s["train"]["optimizer"] == "adagrad"
+    assert reproduce.PRESETS["paper-mnist-200"]["model"]["latent_dim"] == 200  # the preset itself is untouched
+
+
+def test_fig2_small_run_writes_csv_and_png(tmp_path, shared_data):
+    rows = reproduce.fig2(tmp_path, latent_dims=(3,), samples=1000, data_dir=shared_data, progress=False,
+                          quiet=True)
+    with open(tmp_path / "fig2.csv") as f:
+        written = list(csv.DictReader(f))
+    assert len(written) == len(rows) > 0
+    assert {"dataset", "latent_dim", "method", "split", "samples_seen", "elbo"} <= set(written[0])
+    assert {r["method"] for r in written} == {"aevb", "wake_sleep"}
+    assert max(int(r["samples_seen"]) for r in written) == 1000
+    assert (tmp_path / "fig2_mnist.png").stat().st_size > 1000
+
+
+def test_fig3_small_run_has_every_method_and_split(tmp_path, shared_data):
+    rows = reproduce.fig3(tmp_path, n_trains=(200,), samples=2000, eval_points_n=10, data_dir=shared_data,
+                          quiet=True)
+    assert {(r["method"], r["split"]) for r in rows} == {(m, s) for m in ("aevb", "wake_sleep", "mcem")
+                                                         for s in ("train", "test")}
+    assert all(r["log_px"] < 0 for r in rows)
+    assert (tmp_path / "fig3.png").exists() and (tmp_path / "fig3.csv").exists()
+
+
+def test_cli_fig5_and_bad_input(tmp_path, shared_data, capsys):
+    out = tmp_path / "f5"
+    assert main(["reproduce", "fig5", "--latent-dims", "2", "--samples", "2000", "--data-dir", str(shared_data),
+                 "--no-progress", "--out", str(out)]) == 0
+    assert (out / "fig5_nz2.png").exists()
+    assert main(["reproduce", "fig2", "--budget", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "--budget must be positive" in capsys.readouterr().err
+    assert main(["reproduce", "fig3", "--n-train", "99999999", "--samples", "10", "--data-dir", str(shared_data),
+                 "--out", str(tmp_path / "y")]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "fig5", "--latent-dims", "two", "--out", str(tmp_path / "z")])
+    assert e.value.code == 2

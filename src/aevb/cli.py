@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from . import __version__, reproduce, runs
+from . import __version__, distributed, reproduce, runs
 from .data import DATASETS, SPLITS, DataError, binarize_static, load
 from .estimators import ESTIMATORS, GRADIENTS, evaluate, resolve_estimator
 from .families import POSTERIORS, PRIORS
@@ -22,7 +23,7 @@ from .optim import OPTIMIZERS
 from .plots import manifold_grid, sample_grid, save_image
 from .presets import DEFAULTS, PRESETS
 from .reproduce import FIGURES
-from .train import BINARIZE, EVAL_BINARIZATION_SEEDS, SCHEDULES, TrainConfig, fit
+from .train import BINARIZE, EVAL_BINARIZATION_SEEDS, SCHEDULES, TrainConfig, check_data, fit
 
 PAPER_LR_CANDIDATES = (0.01, 0.02, 0.1)
 DATASET_LIKELIHOOD = {"frey": "gaussian-sigmoid"}
@@ -32,13 +33,41 @@ class UsageError(Exception):
     """Bad option values found after parsing; reported in one line with exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `aevb: error: ...` and exit code 2 (no usage block)."""
+
+    def error(self, message):
+        hint = f" (see {self.prog} --help)"
+        self.exit(2, f"aevb: error: {' '.join(message.split())}{hint}\n")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     """Parse a datapoint count such as 1e7 or 250000."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 1 or value != int(value):
+    if not value >= 1 or math.isinf(value) or value != int(value):
         raise argparse.ArgumentTypeError(f"expected a positive whole count, got {text!r}")
     return int(value)
 
@@ -70,13 +99,13 @@ def _lr(text: str):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"the learning rate must be positive, got {text!r}")
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"the learning rate must be a positive number, got {text!r}")
     return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aevb", description="Auto-Encoding Variational Bayes (Kingma & Welling, 2013).")
+    p = _Parser(prog="aevb", description="Auto-Encoding Variational Bayes (Kingma & Welling, 2013).")
     p.add_argument("--version", action="version", version=f"aevb {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -117,8 +146,21 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores; use 1 per job when "
                    "several jobs share the cores)")
+    t.add_argument("--shards", type=_positive_int, help="split each minibatch into this many shards, each with its "
+                   "own random streams (default: the number of processes); under torchrun each process computes "
+                   "shards/processes of them, so a run gives the same result on any number of processes dividing it")
     t.add_argument("--out", help="run folder to write (default runs/<dataset>-nz<Nz>)")
-    t.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint")
+    t.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint "
+                   "(bit-identical to an uninterrupted run); with it, only --data-dir, --device, --threads and "
+                   "the options below may be given")
+    t.add_argument("--checkpoint-every", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="seconds between checkpoints during training, besides one at each evaluation (default 60; "
+                   "0: after every step)")
+    t.add_argument("--max-nonfinite", type=_positive_int, default=20, metavar="N",
+                   help="updates in a row with a NaN or infinite loss or gradient (each skipped) that stop the run "
+                   "(default 20)")
+    t.add_argument("--dist-timeout", type=_seconds, default=distributed.DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="under torchrun: how long a process waits for the others before failing (default 600)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="ELBO, or log p(x) with --method, of a trained run (prints one JSON object)",
@@ -179,7 +221,7 @@ def _train_settings(args) -> dict:
     if args.posterior is not None and args.prior is None:
         model["prior"] = None  # the new posterior's own default prior
     for flag in ("estimator", "num_samples", "gradient", "optimizer", "schedule", "batch_size", "binarize", "evals_per_decade",
-                 "ema", "compile", "seed"):
+                 "ema", "compile", "seed", "shards"):
         if getattr(args, flag) is not None:
             train[flag] = getattr(args, flag)
     if args.samples is not None:
@@ -215,58 +257,92 @@ def _load_data(data_cfg: dict, data_dir):
     return load(data_cfg["dataset"], split=data_cfg["split"], data_dir=data_dir)
 
 
+# Flags that define a run; a resumed run keeps its own (config.json), so giving one with --resume is an error.
+RUN_FLAGS = ("preset", "dataset", "split", "latent_dim", "hidden", "activation", "likelihood", "levels", "posterior",
+             "prior", "init", "estimator", "num_samples", "gradient", "optimizer", "lr", "schedule", "weight_decay",
+             "batch_size", "samples", "epochs", "binarize", "evals_per_decade", "ema", "compile", "seed", "shards",
+             "out")
+
+
 def cmd_train(args) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     device = _device(args.device)
-    if args.resume:
-        return _resume(args, device)
+    world, device = distributed.setup(device, args.dist_timeout)
+    try:
+        if args.resume:
+            return _resume(args, device, world)
+        return _train_new(args, device, world)
+    finally:
+        distributed.shutdown()
+
+
+def _train_new(args, device, world) -> int:
     settings = _train_settings(args)
+    if settings["train"].get("shards") is None:
+        settings["train"]["shards"] = world.size
     TrainConfig(**settings["train"])  # fail on bad options before reading data
     ds = _load_data(settings["data"], args.data_dir)
     model_cfg = ModelConfig(x_dim=ds.x_dim, **settings["model"])
+    check_data(ds.train, ds.test, model_cfg.likelihood, model_cfg.x_dim)
     torch.manual_seed(settings["train"].get("seed", 0))
     model = VAE(model_cfg).to(device)
     asked = settings["train"]["estimator"]
     settings["train"]["estimator"] = resolve_estimator(asked, model, ds.x_dim)
-    if asked == "auto":
+    if asked == "auto" and world.main:
         print(f"aevb: estimator auto -> {settings['train']['estimator']} for posterior {model_cfg.posterior} "
               f"and prior {model_cfg.prior}")
     train_cfg = TrainConfig(**settings["train"])
+    if train_cfg.shards % world.size:
+        raise UsageError(f"--shards {train_cfg.shards} is not a multiple of the {world.size} processes")
     out = Path(args.out or f"runs/{ds.name}-nz{model_cfg.latent_dim}")
-    runs.prepare_run_dir(out)
     config = {
         "format_version": runs.FORMAT_VERSION, "aevb_version": __version__, "preset": args.preset,
         "data": {**settings["data"], "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
                  "x_dim": ds.x_dim, "image_shape": list(ds.image_shape), "n_train": int(ds.train.shape[0]),
                  "n_test": int(ds.test.shape[0])},
         "model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "device": str(device),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "world_size": world.size, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    runs.write_json(out / runs.CONFIG, config)
-    print(f"aevb: training {ds.name} ({ds.train.shape[0]} train / {ds.test.shape[0]} test), "
-          f"Nz={model_cfg.latent_dim}, {train_cfg.total_samples(ds.train.shape[0]):,} datapoints -> {out}")
-    return _fit_and_finish(model, ds, train_cfg, config, out, device, args.no_progress, resume=False)
+
+    def create():
+        runs.prepare_run_dir(out)
+        runs.write_json(out / runs.CONFIG, config)
+
+    distributed.run_on_main(create, world, (runs.RunError,))
+    if world.main:
+        procs = f" on {world.size} processes" if world.size > 1 else ""
+        print(f"aevb: training {ds.name} ({ds.train.shape[0]} train / {ds.test.shape[0]} test), "
+              f"Nz={model_cfg.latent_dim}, {train_cfg.total_samples(ds.train.shape[0]):,} datapoints{procs} -> {out}")
+    return _fit_and_finish(model, ds, train_cfg, config, out, device, args, world, resume=False)
 
 
-def _resume(args, device) -> int:
+def _resume(args, device, world) -> int:
+    given = [f"--{f.replace('_', '-')}" for f in RUN_FLAGS if getattr(args, f, None) not in (None, False)]
+    if given:
+        raise UsageError(f"--resume continues a run with its own settings; leave out {', '.join(given)}")
     run = Path(args.resume)
-    config = runs.read_config(run)
-    if not (run / runs.CHECKPOINT).exists():
-        raise runs.RunError(f"{run}: no checkpoint to resume from")
-    train_cfg = TrainConfig.from_dict(config["train"])
-    ds = _load_data(config["data"], args.data_dir or config["data"]["data_dir"])
+    data = distributed.share_from_main(lambda: runs.read_file(run / runs.CONFIG), world, (runs.RunError,))
+    config = runs.parse_config(data, run)
+    train_cfg = runs.train_config(config, run)
+    model_cfg = runs.model_config(config, run)
+    if train_cfg.shards % world.size:
+        raise UsageError(f"{run} was trained with {train_cfg.shards} shards, which {world.size} processes cannot "
+                         "share; use a number of processes that divides it")
+    ds = _load_data(config["data"], args.data_dir or config["data"].get("data_dir"))
+    check_data(ds.train, ds.test, model_cfg.likelihood, model_cfg.x_dim)
     torch.manual_seed(train_cfg.seed)
-    model = VAE(ModelConfig.from_dict(config["model"])).to(device)
-    print(f"aevb: resuming {run}")
-    return _fit_and_finish(model, ds, train_cfg, config, run, device, args.no_progress, resume=True)
+    model = VAE(model_cfg).to(device)
+    return _fit_and_finish(model, ds, train_cfg, config, run, device, args, world, resume=True)
 
 
-def _fit_and_finish(model, ds, train_cfg, config, out, device, no_progress, *, resume) -> int:
-    history = fit(model, ds.train.to(device), ds.test.to(device), train_cfg, out, progress=not no_progress,
-                  resume=resume)
+def _fit_and_finish(model, ds, train_cfg, config, out, device, args, world, *, resume) -> int:
+    history = fit(model, ds.train.to(device), ds.test.to(device), train_cfg, out, progress=not args.no_progress,
+                  resume=resume, checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite)
+    if not world.main:
+        return 0
     shape = tuple(config["data"]["image_shape"])
     save_image(out / "samples.png", sample_grid(model, shape))
     if model.config.latent_dim == 2:
@@ -374,11 +450,17 @@ def main(argv=None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (DataError, runs.RunError, UsageError, ValueError, FloatingPointError) as e:
-        print(f"aevb: error: {e}", file=sys.stderr)
+        print(f"{_who()}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("aevb: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
+        print(f"{_who()}: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
         return 130
+
+
+def _who() -> str:
+    """'aevb', or 'aevb[rank R]' for the processes of a torchrun job other than rank 0."""
+    rank = int(os.environ.get("RANK", "0") or 0) if distributed.launched() else 0
+    return f"aevb[rank {rank}]" if rank else "aevb"
 
 
 if __name__ == "__main__":

@@ -307,10 +307,16 @@ def _check_sha(digest: str, expected: str, path: Path) -> None:
 
 
 def _verified_idx(path: Path, expected: str) -> np.ndarray:
-    """Read an IDX file after checking the SHA-256 of its decompressed content."""
+    """Read an IDX file and check the SHA-256 of its decompressed content.
+
+    The strict parse comes first, so that a malformed file is named for what is wrong with it (wrong magic
+    number, header dimensions that disagree with the size, ...); a well-formed file with other content is a
+    checksum mismatch. Either way the file is not used.
+    """
     data = _read_bytes(path)
+    array = _parse_idx(data, path)
     _check_sha(sha256_of(data), expected, path)
-    return _parse_idx(data, path)
+    return array
 
 
 def _verified_frey(path: Path, expected: str) -> np.ndarray:

@@ -21,11 +21,14 @@ def image_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.
 
 
 def save_image(path, array: np.ndarray, scale: int = 2) -> Path:
-    """Write a grey-level array in [0, 1] as a PNG, each pixel repeated `scale` times for legibility."""
+    """Write a grey-level array in [0, 1] as a PNG (atomically), each pixel repeated `scale` times for legibility."""
     import matplotlib.image
 
+    from .runs import _atomic_write
+
     big = np.kron(np.clip(array, 0, 1), np.ones((scale, scale), dtype=np.float32))
-    matplotlib.image.imsave(str(path), big, cmap="gray", vmin=0.0, vmax=1.0)
+    _atomic_write(Path(path), lambda tmp: matplotlib.image.imsave(tmp, big, cmap="gray", vmin=0.0, vmax=1.0,
+                                                                  format="png"))
     return Path(path)
 
 

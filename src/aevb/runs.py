@@ -1,53 +1,107 @@
 """The run folder: config.json, metrics.jsonl, weights (safetensors) and the resumable checkpoint.
 
 Everything a later command needs lives here, so `eval`, `sample` and `--resume` never repeat a flag.
-Files are written atomically (temporary file, flush, fsync, rename); nothing is ever loaded through pickle.
+Files are written atomically (temporary file, flush, fsync, rename, fsync of the folder), so a kill at any moment
+leaves the old file or the new one; metrics.jsonl is appended line by line and a torn last line is ignored.
+The checkpoint is one file: tensors plus the training state as JSON in the safetensors header. Nothing is ever
+loaded through pickle.
 """
 from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
-STATE = "checkpoint.json"
+STATE = "checkpoint.json"  # the training state of format 1 checkpoints (read only; now in CHECKPOINT's header)
+STATE_KEY = "aevb.state"  # safetensors header metadata key holding the training state as JSON
+TEMP_SUFFIX = ".tmp"
 
 
 class RunError(Exception):
     """A run folder that is missing, unreadable or of another format; the message is one line for users."""
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) then fsync and rename over `path`, so readers see the old file or the new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in `path` durable (no-op where the file system cannot fsync folders)."""
     try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), fsync, rename over `path` and fsync the folder: readers see the old file or the new.
+
+    Raises:
+        RunError: the folder cannot be written (permissions, disk full, ...); no temporary file is left.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+        os.close(fd)
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
         with open(tmp, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fsync_dir(path.parent)
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            Path(tmp).unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_json(path: Path, obj) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
+def _flat(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
+    data = save_bytes(_flat(tensors), metadata=metadata)
+    write_bytes(path, data)
+
+
+def clean_temporaries(run_dir: Path) -> list[str]:
+    """Remove the temporary files a killed writer left in the run folder; returns their names."""
+    removed = []
+    for p in Path(run_dir).glob(f".*{TEMP_SUFFIX}"):
+        p.unlink(missing_ok=True)
+        removed.append(p.name)
+    (Path(run_dir) / ".write-test").unlink(missing_ok=True)
+    return removed
 
 
 def read_json(path: Path):
@@ -56,16 +110,43 @@ def read_json(path: Path):
     except FileNotFoundError:
         raise RunError(f"{path}: not found") from None
     except (OSError, ValueError) as e:
-        raise RunError(f"{path}: unreadable JSON ({e})") from None
+        raise RunError(f"{path}: unreadable JSON ({_short(e)})") from None
+
+
+def _short(e: Exception) -> str:
+    return " ".join(str(e).split())[:200]
+
+
+def read_file(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise RunError(f"{path}: not found") from None
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def parse_tensors(data: bytes, name) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of safetensors bytes; anything else (a pickle, a torn file) is refused.
+
+    Raises:
+        RunError: `data` is not a complete safetensors file.
+    """
+    try:
+        tensors = load_bytes(data)
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + n])
+        metadata = header.get("__metadata__") or {}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        if data[:1] == b"\x80" or data[:2] == b"PK":
+            raise RunError(f"{name}: not a safetensors file but a pickle or a torch.save archive, which aevb never "
+                           "loads") from None
+        raise RunError(f"{name}: not a valid safetensors file ({_short(e)})") from None
+    return tensors, metadata
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise RunError(f"{path}: not found") from None
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise RunError(f"{path}: not a valid safetensors file ({e})") from None
+    return parse_tensors(read_file(path), path)[0]
 
 
 def prepare_run_dir(path: Path, *, resume: bool = False) -> Path:
@@ -84,32 +165,73 @@ def prepare_run_dir(path: Path, *, resume: bool = False) -> Path:
 
 
 def read_config(run_dir: Path) -> dict:
-    cfg = read_json(Path(run_dir) / CONFIG)
+    return parse_config(read_file(Path(run_dir) / CONFIG), run_dir)
+
+
+def parse_config(data: bytes, run_dir) -> dict:
+    """config.json's content, checked for this format version and the sections later commands read."""
+    try:
+        cfg = json.loads(data)
+    except ValueError as e:
+        raise RunError(f"{Path(run_dir) / CONFIG}: unreadable JSON ({_short(e)})") from None
     version = cfg.get("format_version") if isinstance(cfg, dict) else None
     if version != FORMAT_VERSION:
         raise RunError(f"{run_dir}: run folder format version {version!r}, this aevb reads version {FORMAT_VERSION}")
+    for key in ("data", "model", "train"):
+        if not isinstance(cfg.get(key), dict):
+            raise RunError(f"{Path(run_dir) / CONFIG}: no {key!r} section")
     return cfg
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
-    with open(Path(run_dir) / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    path = Path(run_dir) / METRICS
+    new = not path.exists()
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror or e}") from None
+    if new:
+        fsync_dir(path.parent)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of metrics.jsonl. A last line without its newline (a write cut by a kill) is left out.
+
+    Raises:
+        RunError: a complete line is not a JSON object.
+    """
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = read_file(path).decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    records = []
+    for i, line in enumerate(lines[:-1], 1):  # lines[-1] is "" or a torn last line
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            raise RunError(f"{path}: line {i} is not a JSON object")
+        records.append(rec)
+    return records
 
 
-def truncate_metrics(run_dir: Path, max_samples: int) -> None:
-    """Keep only the records up to `max_samples` (those a resumed run will not write again)."""
-    keep = [r for r in read_metrics(run_dir) if r["samples_seen"] <= max_samples]
-    text = "".join(json.dumps(r) + "\n" for r in keep)
-    _atomic_write(Path(run_dir) / METRICS, lambda tmp: Path(tmp).write_text(text))
+def truncate_metrics(run_dir: Path, keep: int | None = None, *, max_samples: int | None = None) -> list[dict]:
+    """Keep the first `keep` records (or those with samples_seen <= max_samples): those a resumed run will not
+    write again. Rewrites the file atomically and returns the records kept."""
+    records = read_metrics(run_dir)
+    kept = records[:keep] if keep is not None else [r for r in records if r.get("samples_seen", 0) <= max_samples]
+    path = Path(run_dir) / METRICS
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    if path.exists() and path.read_text() != text:
+        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return kept
 
 
 def load_run(path, *, device: str | torch.device = "cpu"):
@@ -122,13 +244,40 @@ def load_run(path, *, device: str | torch.device = "cpu"):
     Returns:
         (model, config): the VAE in eval mode with its weights loaded, and the run's config dict
         (keys `model`, `train`, `data`, ...).
+
+    Raises:
+        RunError: the folder is missing, of another format version, or its weights are not safetensors matching
+            the config.
     """
-    from .model import VAE, ModelConfig
+    from .model import VAE
 
     cfg = read_config(Path(path))
-    model = VAE(ModelConfig.from_dict(cfg["model"]))
+    model = VAE(model_config(cfg, path))
     state = read_tensors(Path(path) / WEIGHTS)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise RunError(f"{path}: weights do not match the config ({_short(e)})") from None
     if missing or unexpected:
         raise RunError(f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
     return model.to(device).eval(), cfg
+
+
+def model_config(cfg: dict, run_dir):
+    """The ModelConfig of a run's config dict; a tampered or foreign section is a RunError."""
+    from .model import ModelConfig
+
+    try:
+        return ModelConfig.from_dict(cfg["model"])
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        raise RunError(f"{Path(run_dir) / CONFIG}: invalid model section ({_short(e)})") from None
+
+
+def train_config(cfg: dict, run_dir):
+    """The TrainConfig of a run's config dict; a tampered or foreign section is a RunError."""
+    from .train import TrainConfig
+
+    try:
+        return TrainConfig.from_dict(cfg["train"])
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        raise RunError(f"{Path(run_dir) / CONFIG}: invalid train section ({_short(e)})") from None

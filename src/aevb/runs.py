@@ -21,6 +21,10 @@ CHECKPOINT = "checkpoint.safetensors"
 STATE = "checkpoint.json"
 
 
+_UMASK = os.umask(0o22)
+os.umask(_UMASK)
+
+
 class RunError(Exception):
     """A run folder that is missing, unreadable or of another format; the message is one line for users."""
 
@@ -31,6 +35,7 @@ def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the mode open() would
         write(tmp)
         with open(tmp, "rb+") as f:
             f.flush()

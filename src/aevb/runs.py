@@ -50,6 +50,25 @@ def write_json(path: Path, obj) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_npz(path: Path, arrays: dict) -> None:
+    """numpy arrays in one .npz (no pickled objects: load it with allow_pickle=False)."""
+    import numpy as np
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    _atomic_write(path, write)
+
+
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     _atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))

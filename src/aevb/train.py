@@ -55,6 +55,8 @@ class TrainConfig:
         evals_per_decade: log-spaced evaluation points per factor of 10 in samples_seen (1, 2, 5 x 10^k for 3).
         ema: decay per step of an exponential moving average of the weights (Polyak averaging); 0 turns it off.
             When on, logged ELBOs, pictures and saved weights use the average (`*_raw` fields: the last iterate).
+        tensorboard: also write TensorBoard event files into the run folder, beside metrics.jsonl (the same
+            numbers under the same names, step = samples_seen); needs the optional tensorboard package.
         compile: run the estimator through torch.compile (fuses elementwise work; needs a C++ compiler). Measured
             on the 2-core CPU: 1.2-1.5x faster with 1 thread, no gain with 2; the first compilation takes ~1 min.
         seed: seeds initialization, minibatch order and the noise.
@@ -80,6 +82,7 @@ class TrainConfig:
     evals_per_decade: int = 3
     ema: float = 0.0
     compile: bool = False
+    tensorboard: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -200,6 +203,7 @@ class Trainer:
         self.ema = [p.detach().clone() for p in self.params] if cfg.ema else None
         self.step, self.samples_seen, self.seconds, self.lr = 0, 0, 0.0, cfg.lr
         self.history: list[dict] = []
+        self.tb = None  # TensorBoard writer, opened at the first evaluation
 
     # -- construction -------------------------------------------------------------------------------------
     def _eval_sets(self):
@@ -310,7 +314,24 @@ class Trainer:
         self.history.append(rec)
         if self.run_dir is not None:
             runs.append_metrics(self.run_dir, rec)
+            if c.tensorboard:
+                self._tensorboard(rec)
         return rec
+
+    def _tensorboard(self, rec: dict) -> None:
+        """Every number of a metrics.jsonl record as a scalar at step samples_seen. A resumed run purges the
+        events its interrupted predecessor wrote after the checkpoint it continues from."""
+        if self.tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ValueError("tensorboard=True needs the tensorboard package: pip install tensorboard") from None
+            purge = self.history[-2]["samples_seen"] + 1 if len(self.history) > 1 else None
+            self.tb = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
+        for key, value in rec.items():
+            if key != "samples_seen" and isinstance(value, (int, float)):
+                self.tb.add_scalar(key, value, global_step=rec["samples_seen"])
+        self.tb.flush()
 
     def checkpoint(self) -> None:
         """Write weights and the full training state atomically (safetensors + JSON, no pickle)."""
@@ -440,5 +461,7 @@ def fit(model, train_x: torch.Tensor, test_x: torch.Tensor, cfg: TrainConfig, ru
             trainer.restore()
         return trainer.run()
     finally:
+        if trainer.tb is not None:
+            trainer.tb.close()
         if flush:
             torch.set_flush_denormal(False)

@@ -1,4 +1,5 @@
-"""The `aevb` command: train, eval and sample. Parses flags, builds configs, calls the library, prints."""
+"""The `aevb` command: train, eval, sample, plot, report and restore. Parses flags, builds configs, calls the
+library, prints."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,10 @@ from .likelihoods import LIKELIHOODS
 from .model import INITS, VAE, ModelConfig
 from .nets import ACTIVATIONS
 from .optim import OPTIMIZERS
-from .plots import manifold_grid, sample_grid, save_image
+from .diagnostics import diagnose
+from .plots import display_scale, manifold_grid, png_bytes, run_figures, sample_grid, save_image, write_figures
+from .report import write_report
+from .restore import FACTORS, MASKS, TASKS, comparison_figure, make_mask, read_images, run_task, summarize
 from .presets import DEFAULTS, PRESETS
 from .reproduce import FIGURES
 from .train import BINARIZE, EVAL_BINARIZATION_SEEDS, SCHEDULES, TrainConfig, check_data, fit
@@ -162,6 +166,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dist-timeout", type=_seconds, default=distributed.DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help="under torchrun: how long a process waits for the others before failing (default 600)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write TensorBoard event files into the run folder (needs: pip install tensorboard)")
 
     e = sub.add_parser("eval", help="ELBO, or log p(x) with --method, of a trained run (prints one JSON object)",
                        description="Without --method: the ELBO on both splits. With --method: log p(x) per "
@@ -177,6 +183,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--data-dir", help="override the data folder recorded in the run")
     e.add_argument("--device", default="cpu")
+    e.add_argument("--diagnostics", action="store_true",
+                   help="posterior diagnostics on --split instead: active units, KL per dimension, mutual "
+                   "information I(x; z), amortization gap")
+    e.add_argument("--gap-points", type=int, default=500,
+                   help="datapoints for the amortization gap (default 500; 0 skips it)")
+    e.add_argument("--gap-steps", type=int, default=300, help="Adam steps per datapoint's q (default 300)")
+    e.add_argument("--gap-is", type=int, default=1000, help="importance samples for log p(x) beside the gap "
+                   "(default 1000; 0 skips it)")
 
     s = sub.add_parser("sample", help="decode random z ~ p(z) into a PNG grid")
     s.add_argument("run", help="run folder")
@@ -201,7 +215,68 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--out", required=True, help="folder for the CSV and PNG files")
+
+    pl = sub.add_parser("plot", help="learning curves, reconstructions, samples, manifold or traversals and "
+                        "interpolations, latent space, KL per dimension (PNGs)",
+                        description="Write the run's pictures as PNGs: curves, reconstructions, samples, manifold "
+                        "(Nz = 2) or traversals and interpolations (Nz > 2), latent, kl.")
+    pl.add_argument("run", help="run folder")
+    pl.add_argument("--out", help="folder for the PNGs (default RUN/plots)")
+    pl.add_argument("--data-dir", help="override the data folder recorded in the run")
+    pl.add_argument("--seed", type=int, default=0)
+
+    r = sub.add_parser("report", help="one self-contained HTML page: config, metrics, curves, pictures and a live "
+                       "latent explorer", description="Write a self-contained HTML report of a run (images and "
+                       "the decoder's weights embedded; no server needed).")
+    r.add_argument("run", help="run folder")
+    r.add_argument("--out", help="HTML path (default RUN/report.html)")
+    r.add_argument("--dims", type=_dims, help="two latent dimensions for the explorer, e.g. 3,7 (default: the two "
+                   "most active)")
+    r.add_argument("--points", type=int, default=1000, help="training encodings drawn in the explorer (default 1000)")
+    r.add_argument("--include", action="append", default=[], metavar="JSON",
+                   help="a JSON file to show as a table (e.g. the output of eval --diagnostics or restore); repeatable")
+    r.add_argument("--no-explorer", action="store_true", help="leave out the latent explorer")
+    r.add_argument("--data-dir", help="override the data folder recorded in the run")
+    r.add_argument("--seed", type=int, default=0)
+
+    rs = sub.add_parser("restore", help="denoise, inpaint or super-resolve images with the model as prior; PSNR "
+                        "against naive baselines", description="Restore the test set's images (or --images) after "
+                        "a corruption, with each method and each naive baseline; write comparison.png and "
+                        "metrics.json (and restored.npz with --save-outputs).")
+    rs.add_argument("run", help="run folder")
+    rs.add_argument("--task", required=True, choices=TASKS)
+    rs.add_argument("--images", nargs="+", metavar="FILE", help="PNG or .npy images instead of the test set")
+    rs.add_argument("--observed", action="store_true", help="--images are already corrupted (noisy, with "
+                    "missing pixels, or low-resolution): restore them as they are; no PSNR without the truth")
+    rs.add_argument("--limit", type=_count, help="first N test images only (default: the whole test set)")
+    rs.add_argument("--noise", type=float, default=0.3, help="denoise: std of the Gaussian noise added (with "
+                    "--observed: assumed by latent optimization) (default 0.3)")
+    rs.add_argument("--mask", default="center", help="inpaint: center, half, random, or a PNG/.npy mask file "
+                    "(nonzero = missing) (default center)")
+    rs.add_argument("--missing", type=float, default=0.5, help="inpaint with --mask random: fraction missing "
+                    "(default 0.5)")
+    rs.add_argument("--factor", type=int, default=2, choices=FACTORS, help="superres: downsampling factor (default 2)")
+    rs.add_argument("--steps", type=int, default=50, help="iterations of the iterative methods (default 50)")
+    rs.add_argument("--opt-steps", type=int, default=300, help="Adam steps of latent optimization (default 300)")
+    rs.add_argument("--samples", type=int, default=200, help="inpaint: importance samples per image (default 200)")
+    rs.add_argument("--show", type=int, default=10, help="images in comparison.png (default 10)")
+    rs.add_argument("--save-outputs", action="store_true", help="also write restored.npz: every method's output "
+                    "for every image, float32 arrays (N, H, W) (160 MB for the MNIST test set)")
+    rs.add_argument("--out", help="output folder (default RUN/restore-TASK)")
+    rs.add_argument("--seed", type=int, default=0)
+    rs.add_argument("--data-dir", help="override the data folder recorded in the run")
+    rs.add_argument("--device", default="cpu")
     return p
+
+
+def _dims(text: str) -> tuple[int, int]:
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two latent dimensions such as 0,1, got {text!r}") from None
+    if len(dims) != 2:
+        raise argparse.ArgumentTypeError(f"expected two latent dimensions such as 0,1, got {text!r}")
+    return dims
 
 
 # -- train ----------------------------------------------------------------------------------------------------
@@ -221,7 +296,7 @@ def _train_settings(args) -> dict:
     if args.posterior is not None and args.prior is None:
         model["prior"] = None  # the new posterior's own default prior
     for flag in ("estimator", "num_samples", "gradient", "optimizer", "schedule", "batch_size", "binarize", "evals_per_decade",
-                 "ema", "compile", "seed", "shards"):
+                 "ema", "compile", "seed", "shards", "tensorboard"):
         if getattr(args, flag) is not None:
             train[flag] = getattr(args, flag)
     if args.samples is not None:
@@ -260,7 +335,7 @@ def _load_data(data_cfg: dict, data_dir):
 # Flags that define a run; a resumed run keeps its own (config.json), so giving one with --resume is an error.
 RUN_FLAGS = ("preset", "dataset", "split", "latent_dim", "hidden", "activation", "likelihood", "levels", "posterior",
              "prior", "init", "estimator", "num_samples", "gradient", "optimizer", "lr", "schedule", "weight_decay",
-             "batch_size", "samples", "epochs", "binarize", "evals_per_decade", "ema", "compile", "seed", "shards",
+             "batch_size", "samples", "epochs", "binarize", "evals_per_decade", "ema", "compile", "seed", "shards", "tensorboard",
              "out")
 
 
@@ -284,6 +359,8 @@ def _train_new(args, device, world) -> int:
     if settings["train"].get("shards") is None:
         settings["train"]["shards"] = world.size
     TrainConfig(**settings["train"])  # fail on bad options before reading data
+    if settings["train"].get("tensorboard"):
+        _check_tensorboard()
     ds = _load_data(settings["data"], args.data_dir)
     model_cfg = ModelConfig(x_dim=ds.x_dim, **settings["model"])
     check_data(ds.train, ds.test, model_cfg.likelihood, model_cfg.x_dim)
@@ -333,6 +410,8 @@ def _resume(args, device, world) -> int:
                          "share; use a number of processes that divides it")
     ds = _load_data(config["data"], args.data_dir or config["data"].get("data_dir"))
     check_data(ds.train, ds.test, model_cfg.likelihood, model_cfg.x_dim)
+    if train_cfg.tensorboard:
+        _check_tensorboard()
     torch.manual_seed(train_cfg.seed)
     model = VAE(model_cfg).to(device)
     return _fit_and_finish(model, ds, train_cfg, config, run, device, args, world, resume=True)
@@ -382,12 +461,42 @@ def _eval_marginal(args, model, config, ds, device) -> dict:
             **{key: v for key, v in r.items() if key not in ("log_px", "mean", "stderr") and not torch.is_tensor(v)}}
 
 
+def _check_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                         "(or aevb[tensorboard])") from None
+
+
+def _eval_diagnostics(args, model, config, ds, device) -> dict:
+    for flag, v in (("--gap-points", args.gap_points), ("--gap-is", args.gap_is)):
+        if v < 0:
+            raise UsageError(f"{flag} must be >= 0, got {v}")
+    if args.gap_steps < 1:
+        raise UsageError(f"--gap-steps must be >= 1, got {args.gap_steps}")
+    x = ds.test if args.split == "test" else ds.train
+    binarize = config["train"].get("binarize", "none")
+    if binarize != "none":
+        x = binarize_static(x, seed=EVAL_BINARIZATION_SEEDS[args.split])
+    x = x[: args.limit].to(device) if args.limit else x.to(device)
+    start = time.perf_counter()
+    result = diagnose(model, x, gap_points=args.gap_points, gap_steps=args.gap_steps, gap_is_samples=args.gap_is,
+                      seed=args.seed)
+    return {"run": str(args.run), "split": args.split, **result, "seconds": round(time.perf_counter() - start, 3)}
+
+
 def cmd_eval(args) -> int:
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.diagnostics and args.method:
+        raise UsageError("--diagnostics and --method are separate evaluations; give one of them")
     device = _device(args.device)
     model, config = runs.load_run(args.run, device=device)
     ds = _load_data(config["data"], args.data_dir or config["data"]["data_dir"])
+    if args.diagnostics:
+        print(json.dumps(_eval_diagnostics(args, model, config, ds, device)))
+        return 0
     if args.method:
         print(json.dumps(_eval_marginal(args, model, config, ds, device)))
         return 0
@@ -442,7 +551,96 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "reproduce": cmd_reproduce}
+def _run_data(run, data_dir):
+    model, config = runs.load_run(run)
+    return model, config, _load_data(config["data"], data_dir or config["data"]["data_dir"])
+
+
+def cmd_plot(args) -> int:
+    model, config, ds = _run_data(args.run, args.data_dir)
+    figures = run_figures(model, config, ds, runs.read_metrics(args.run), seed=args.seed)
+    scale = display_scale(config["data"]["image_shape"])
+    for path in write_figures(figures, Path(args.out or Path(args.run) / "plots"), scale):
+        print(path)
+    return 0
+
+
+def cmd_report(args) -> int:
+    if args.points < 1:
+        raise UsageError(f"--points must be >= 1, got {args.points}")
+    include = {Path(f).name: runs.read_json(f) for f in args.include}
+    for name, data in include.items():
+        if not isinstance(data, dict):
+            raise UsageError(f"--include {name}: expected a JSON object")
+    out = Path(args.out or Path(args.run) / "report.html")
+    _, _, ds = _run_data(args.run, args.data_dir)
+    write_report(args.run, out, ds, dims=args.dims, points=args.points, include=include,
+                 explorer=not args.no_explorer, seed=args.seed)
+    print(out)
+    return 0
+
+
+def cmd_restore(args) -> int:
+    for flag, v in (("--steps", args.steps), ("--opt-steps", args.opt_steps), ("--samples", args.samples),
+                    ("--show", args.show)):
+        if v < 1:
+            raise UsageError(f"{flag} must be >= 1, got {v}")
+    if args.observed and not args.images:
+        raise UsageError("--observed needs --images")
+    device = _device(args.device)
+    model, config = runs.load_run(args.run, device=device)
+    shape = tuple(config["data"]["image_shape"])
+    ds = _load_data(config["data"], args.data_dir or config["data"]["data_dir"])
+    if args.images:
+        in_shape = shape
+        if args.observed and args.task == "superres":
+            if shape[0] % args.factor or shape[1] % args.factor:
+                raise UsageError(f"images of {shape[0]}x{shape[1]} pixels do not divide into {args.factor}x"
+                                 f"{args.factor} blocks")
+            in_shape = (shape[0] // args.factor, shape[1] // args.factor)
+        x = read_images(args.images, in_shape)
+        source = [str(p) for p in args.images]
+    else:
+        x = ds.test[: args.limit] if args.limit else ds.test
+        source = f"{config['data']['dataset']} test set" + (f", first {x.shape[0]}" if args.limit else "")
+    missing = None
+    if args.task == "inpaint":
+        if args.mask in MASKS:
+            missing = make_mask(args.mask, x.shape[0], shape, fraction=args.missing, seed=args.seed)
+        else:
+            m = read_images([args.mask], shape) > 0
+            if m.shape[0] not in (1, x.shape[0]):
+                raise UsageError(f"--mask {args.mask}: {m.shape[0]} masks for {x.shape[0]} images")
+            missing = m.expand(x.shape[0], -1).clone()
+            if not missing.any(1).all():
+                raise UsageError(f"--mask {args.mask}: a mask with no missing pixel")
+    kw = {"observed": x} if args.observed else {"truth": x}
+    result = run_task(model, args.task, shape, missing=missing, pixel_mean=ds.train.mean(0), noise=args.noise,
+                      factor=args.factor, steps=args.steps, opt_steps=args.opt_steps, samples=args.samples,
+                      seed=args.seed, **kw)
+    summary = {"run": str(args.run), "source": source, **summarize(result)}
+    if args.task == "inpaint":
+        summary["settings"]["mask"] = args.mask
+    figure = png_bytes(comparison_figure(result, shape, args.show))
+    out = Path(args.out or Path(args.run) / f"restore-{args.task}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise runs.RunError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
+    if args.save_outputs:
+        arrays = {name: t.detach().cpu().numpy().reshape(-1, *shape) for name, t in result.outputs.items()}
+        arrays["observed"] = result.observed.detach().cpu().numpy().reshape(-1, *shape)
+        runs.write_npz(out / "restored.npz", arrays)
+    runs.write_bytes(out / "comparison.png", figure)
+    runs.write_json(out / "metrics.json", summary)
+    print(json.dumps({k: summary[k] for k in ("task", "n", "best", "best_baseline", "gain_db", "beats_baseline")
+                      if k in summary}))
+    print(out)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot, "report": cmd_report,
+            "restore": cmd_restore, "reproduce": cmd_reproduce}
 
 
 def main(argv=None) -> int:

@@ -28,6 +28,7 @@ STATE_KEY = "aevb.state"  # safetensors header metadata key holding the training
 TEMP_SUFFIX = ".tmp"
 
 
+
 class RunError(Exception):
     """A run folder that is missing, unreadable or of another format; the message is one line for users."""
 
@@ -87,6 +88,21 @@ def write_json(path: Path, obj) -> None:
 
 def _flat(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_npz(path: Path, arrays: dict) -> None:
+    """numpy arrays in one .npz (no pickled objects: load it with allow_pickle=False)."""
+    import numpy as np
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    _atomic_write(path, write)
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:

@@ -76,22 +76,26 @@ def _count(text: str) -> int:
     return int(value)
 
 
-def _sizes(text: str) -> tuple[int, ...]:
+def _ints(text: str) -> tuple[int, ...]:
+    """Comma-separated integers, or () when the text is not one."""
     try:
-        sizes = tuple(int(w) for w in text.split(",") if w.strip())
+        return tuple(int(w) for w in text.split(",") if w.strip())
     except ValueError:
-        sizes = ()
+        return ()
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    sizes = _ints(text)
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 2,5,10, got {text!r}")
     return sizes
 
 
 def _widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(w) for w in text.split(",") if w.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated widths such as 500 or 512,512, got {text!r}") from None
-    if not widths or min(widths) < 1:
+    widths = _ints(text)
+    if not widths:
+        raise argparse.ArgumentTypeError(f"expected comma-separated widths such as 500 or 512,512, got {text!r}")
+    if min(widths) < 1:
         raise argparse.ArgumentTypeError(f"hidden widths must be positive, got {text!r}")
     return widths
 

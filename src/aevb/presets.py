@@ -13,23 +13,6 @@ def _paper(dataset: str, latent_dim: int, hidden: int, likelihood: str, lr: floa
     }
 
 
-PRESETS: dict[str, dict] = {
-    **{f"paper-mnist-{nz}": _paper("mnist", nz, 500, "bernoulli", 0.02) for nz in (3, 5, 10, 20, 200)},
-    # Step sizes: the winners of the paper's rule (`--lr auto`: best of 0.01, 0.02, 0.1 after 5e4 datapoints).
-    **{f"paper-frey-{nz}": _paper("frey", nz, 200, "gaussian-sigmoid", 0.01) for nz in (2, 5, 10, 20)},
-    # Burda et al. (2015)'s one-stochastic-layer architecture on dynamically binarized MNIST (60k/10k), trained as a
-    # plain VAE. 4.5e7 datapoints (750 epochs) fit in 90 minutes of one CPU core; Burda et al. trained 3,280 epochs
-    # (--samples 196800000). Add --estimator iwae --num-samples 50 for their IWAE.
-    "iwae-mnist": {
-        "data": {"dataset": "mnist", "split": "standard"},
-        "model": {"latent_dim": 50, "hidden": (200, 200), "activation": "tanh", "likelihood": "bernoulli",
-                  "init": "torch"},
-        "train": {"estimator": "auto", "num_samples": 1, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
-                  "warmup_steps": 0, "weight_decay": 0.0, "batch_size": 100, "replacement": False,
-                  "samples": 45_000_000, "binarize": "dynamic", "ema": 0.999},
-    },
-}
-
 # aevb's defaults (no --preset): chosen to reach the best test ELBO within 1e7 datapoints; see README. Two ELU
 # layers of 512 units, Adam with a cosine decay to zero and an average of the weights (Polyak/EMA).
 DEFAULTS: dict = {
@@ -39,4 +22,19 @@ DEFAULTS: dict = {
     "train": {"estimator": "auto", "num_samples": 1, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
               "warmup_steps": 0, "weight_decay": 0.0, "batch_size": 100, "replacement": False,
               "samples": 10_000_000, "binarize": "none", "ema": 0.999},
+}
+
+
+PRESETS: dict[str, dict] = {
+    **{f"paper-mnist-{nz}": _paper("mnist", nz, 500, "bernoulli", 0.02) for nz in (3, 5, 10, 20, 200)},
+    # Step sizes: the winners of the paper's rule (`--lr auto`: best of 0.01, 0.02, 0.1 after 5e4 datapoints).
+    **{f"paper-frey-{nz}": _paper("frey", nz, 200, "gaussian-sigmoid", 0.01) for nz in (2, 5, 10, 20)},
+    # Burda et al. (2015)'s one-stochastic-layer architecture on dynamically binarized MNIST (60k/10k), trained as a
+    # plain VAE. 4.5e7 datapoints (750 epochs) fit in 90 minutes of one CPU core; Burda et al. trained 3,280 epochs
+    # (--samples 196800000). Add --estimator iwae --num-samples 50 for their IWAE.
+    "iwae-mnist": {
+        "data": DEFAULTS["data"],
+        "model": {**DEFAULTS["model"], "latent_dim": 50, "hidden": (200, 200), "activation": "tanh"},
+        "train": {**DEFAULTS["train"], "samples": 45_000_000, "binarize": "dynamic"},
+    },
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import math
 import time
 from pathlib import Path
@@ -23,9 +24,9 @@ from .data import load
 from .marginal import hmc_estimator
 from .mcem import MCEM, MCEMConfig, PriorStart
 from .model import VAE, ModelConfig
-from .plots import manifold_grid, sample_grid, save_image
+from . import runs
+from .plots import figure_png, manifold_grid, sample_grid, save_image
 from .presets import PRESETS
-from .runs import _atomic_write
 from .train import Trainer, TrainConfig, eval_points, fit
 
 FIGURES = ("fig2", "fig3", "fig4", "fig5")
@@ -95,16 +96,11 @@ def _model_and_config(x_dim: int, settings: dict) -> tuple[VAE, TrainConfig]:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    def write(f):
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    _atomic_write(path, lambda tmp: _with_text(tmp, write))
-
-
-def _with_text(path, write) -> None:
-    with open(path, "w", newline="") as f:
-        write(f)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    runs.write_text(path, buf.getvalue())
 
 
 def _log(message: str, quiet: bool) -> None:
@@ -142,12 +138,11 @@ def fig2(out: Path, *, dataset: str = "mnist", latent_dims=None, samples: int, d
 
 def plot_fig2(rows: list[dict], path: Path) -> Path:
     """One panel per (dataset, Nz): the measured curves and the paper's read-off values as markers."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     panels = sorted({(r["dataset"], r["latent_dim"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    fig = Figure(figsize=(3.6 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     colors = {"aevb": "tab:red", "wake_sleep": "tab:blue"}
     for ax, (dataset, nz) in zip(axes[0], panels):
         for method in ("aevb", "wake_sleep"):
@@ -172,8 +167,7 @@ def plot_fig2(rows: list[dict], path: Path) -> Path:
     axes[0][0].plot([], [], "o", color="grey", markeredgecolor="black", label="paper (read off)")
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    runs.write_bytes(path, figure_png(fig, dpi=110))
     return path
 
 
@@ -234,12 +228,11 @@ def fig3(out: Path, *, n_trains=(1000, 50000), samples: int, evals_per_decade: i
 
 
 def plot_fig3(rows: list[dict], path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     n_trains = sorted({r["n_train"] for r in rows})
-    fig, axes = plt.subplots(1, len(n_trains), figsize=(4.5 * len(n_trains), 3.6), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(n_trains), 3.6))
+    axes = fig.subplots(1, len(n_trains), squeeze=False)
     colors = {"aevb": "tab:red", "wake_sleep": "tab:blue", "mcem": "tab:green"}
     for ax, n in zip(axes[0], n_trains):
         for method in colors:
@@ -260,8 +253,7 @@ def plot_fig3(rows: list[dict], path: Path) -> Path:
     axes[0][0].set_ylabel("log p(x), Appendix D estimator (nats)")
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    runs.write_bytes(path, figure_png(fig, dpi=110))
     return path
 
 

@@ -3,7 +3,10 @@ import csv
 import re
 from pathlib import Path
 
+import json
+
 import pytest
+import torch
 
 from aevb import reproduce
 from aevb.cli import main
@@ -65,6 +68,28 @@ def test_fig2_small_run_writes_csv_and_png(tmp_path, shared_data):
     assert (tmp_path / "fig2_mnist.png").stat().st_size > 1000
 
 
+def test_fig2_jobs_give_the_same_curves_as_one_process(tmp_path, shared_data):
+    torch.set_num_threads(1)  # the workers' thread count, so that both compute in the same order
+    kwargs = dict(latent_dims=(3, 10), samples=1500, baseline_samples=1000, data_dir=shared_data, progress=False,
+                  quiet=True)
+    one = reproduce.fig2(tmp_path / "one", jobs=1, **kwargs)
+    two = reproduce.fig2(tmp_path / "two", jobs=2, **kwargs)
+    key = lambda r: (r["latent_dim"], r["method"], r["split"], r["samples_seen"])  # noqa: E731
+    assert sorted(map(key, one)) == sorted(map(key, two))
+    assert {r["method"]: max(x["samples_seen"] for x in one if x["method"] == r["method"]) for r in one} == \
+        {"aevb": 1500, "wake_sleep": 1000}
+    by_key = {key(r): r["elbo"] for r in two}
+    for r in one:
+        assert r["elbo"] == pytest.approx(by_key[key(r)], abs=1e-3)
+    settings = json.loads((tmp_path / "two" / "fig2_settings.json").read_text())
+    assert settings["jobs"] == 2 and settings["baseline_samples"] == 1000 and settings["seconds"] > 0
+
+
+def test_paper_settings_init():
+    assert reproduce.paper_settings("mnist", 5)["model"]["init"] == "paper"
+    assert reproduce.paper_settings("mnist", 5, "torch")["model"]["init"] == "torch"
+
+
 def test_fig3_small_run_has_every_method_and_split(tmp_path, shared_data):
     rows = reproduce.fig3(tmp_path, n_trains=(200,), samples=2000, eval_points_n=10, data_dir=shared_data,
                           quiet=True)
@@ -83,6 +108,10 @@ def test_cli_fig5_and_bad_input(tmp_path, shared_data, capsys):
     assert "--budget must be positive" in capsys.readouterr().err
     assert main(["reproduce", "fig3", "--n-train", "99999999", "--samples", "10", "--data-dir", str(shared_data),
                  "--out", str(tmp_path / "y")]) == 2
+    assert main(["reproduce", "fig2", "--jobs", "0", "--out", str(tmp_path / "j")]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err
+    assert main(["reproduce", "fig5", "--baseline-samples", "10", "--out", str(tmp_path / "b")]) == 2
+    assert "--baseline-samples applies to fig2 and fig3" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["reproduce", "fig5", "--latent-dims", "two", "--out", str(tmp_path / "z")])
     assert e.value.code == 2

@@ -213,10 +213,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--budget", type=float, default=0.1,
                    help="fraction of the paper's training length: 1e8 for fig2, 6e7 for fig3, 1e7 for fig4-5 "
                         "(default 0.1)")
+    r.add_argument("--baseline-samples", type=_count,
+                   help="training datapoints of wake-sleep and MCEM (fig2, fig3; default: AEVB's)")
+    r.add_argument("--init", choices=("paper", "torch"), default="paper",
+                   help="paper: N(0, 0.01^2) weights (default); torch: PyTorch's default initialization")
+    r.add_argument("--jobs", type=int, default=1,
+                   help="models trained at once, each in its own process (default 1); on a CPU use one per core")
     r.add_argument("--n-train", type=_sizes, help="fig3's training-set sizes (default 1000,50000)")
     r.add_argument("--data-dir", help="folder holding the data files")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    r.add_argument("--threads", type=int, help="CPU threads for PyTorch (per job when --jobs > 1, default 1 then)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--out", required=True, help="folder for the CSV and PNG files")
 
@@ -531,22 +537,29 @@ def cmd_sample(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.jobs == 1 and args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.baseline_samples is not None and args.figure not in ("fig2", "fig3"):
+        raise UsageError("--baseline-samples applies to fig2 and fig3 (the figures with baselines)")
     samples = reproduce.training_length(args.figure, args.samples, args.budget)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {out}: cannot create the folder ({e.strerror})") from None
-    common = {"samples": samples, "data_dir": args.data_dir, "seed": args.seed}
+    common = {"samples": samples, "data_dir": args.data_dir, "seed": args.seed, "init": args.init,
+              "jobs": args.jobs, "threads": args.threads or 1}
     progress = not args.no_progress
     if args.figure == "fig2":
-        reproduce.fig2(out, dataset=args.dataset, latent_dims=args.latent_dims, progress=progress, **common)
+        reproduce.fig2(out, dataset=args.dataset, latent_dims=args.latent_dims, progress=progress,
+                       baseline_samples=args.baseline_samples, **common)
     elif args.figure == "fig3":
-        reproduce.fig3(out, n_trains=args.n_train or (1000, 50000), **common)
+        reproduce.fig3(out, n_trains=args.n_train or (1000, 50000), baseline_samples=args.baseline_samples,
+                       **common)
     elif args.figure == "fig4":
         reproduce.fig4(out, progress=progress, **common)
     else:

@@ -342,6 +342,13 @@ def plot_fig3(rows: list[dict], path: Path) -> Path:
                 if paper is not None:
                     ax.plot([6e7], [paper], "^" if split == "train" else "s", color=colors[method],
                             markeredgecolor="black")
+        # The first evaluation comes before any update for AEVB and wake-sleep (Adagrad's warm-up); leave it out of
+        # the y range so that the curves' later differences stay visible.
+        first = min(r["samples_seen"] for r in rows)
+        ys = [r["log_px"] for r in rows if r["n_train"] == n and r["samples_seen"] > first]
+        ys += [v for (m, *_), v in PAPER_FIG3.items() if m == n]
+        if ys:
+            ax.set_ylim(min(ys) - 5, max(ys) + 5)
         ax.set_xscale("log")
         ax.set_title(f"MNIST, $N_z$ = 3, $N_{{train}}$ = {n}")
         ax.set_xlabel("training datapoints evaluated")

@@ -1,5 +1,6 @@
 """Algorithm 1 on real (small) data: the bound rises, runs round-trip, and a resumed run equals an uninterrupted one."""
 import json
+import math
 
 import pytest
 import torch
@@ -49,6 +50,24 @@ def test_paper_step_size_rule_picks_a_candidate(digits, capsys):
     history = fit(model, digits.train, digits.test, cfg, progress=False)
     assert "lr=0.02" in capsys.readouterr().out
     assert history[-1]["lr"] == 0.02  # the tiny step size loses
+
+
+def test_step_size_search_survives_a_diverging_candidate(digits, capsys):
+    from aevb.train import NonFiniteError
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(x_dim=64, latent_dim=3, hidden=(16,), init="paper"))
+    cfg = _cfg(optimizer="adagrad", lr_candidates=(1e30, 0.02), search_samples=3000, warmup_steps=5,
+               schedule="constant", samples=4000)
+    history = fit(model, digits.train, digits.test, cfg, progress=False)
+    out = capsys.readouterr().out
+    assert "lr=1e+30 diverged" in out and "lr=0.02 train ELBO" in out
+    assert history[-1]["lr"] == 0.02 and math.isfinite(history[-1]["test_elbo"])
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(x_dim=64, latent_dim=3, hidden=(16,), init="paper"))
+    with pytest.raises(NonFiniteError):
+        fit(model, digits.train, digits.test, _cfg(optimizer="adagrad", lr_candidates=(1e30, 1e31),
+            search_samples=3000, warmup_steps=5, schedule="constant", samples=4000), progress=False)
 
 
 def test_run_folder_round_trip(tmp_path, digits):

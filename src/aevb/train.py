@@ -495,7 +495,11 @@ class Trainer:
             self.ema = [t.clone() for t in ema]
 
     def search_lr(self) -> None:
-        """Try each candidate step size for cfg.search_samples datapoints from the same start; keep the best."""
+        """Try each candidate step size for cfg.search_samples datapoints from the same start; keep the best.
+
+        A candidate that diverges (NonFiniteError, or a non-finite ELBO) loses; if every candidate does, the last
+        NonFiniteError propagates.
+        """
         c = self.cfg
         steps = math.ceil(c.search_samples / c.batch_size)
         start = self._snapshot()
@@ -508,16 +512,29 @@ class Trainer:
             self.skipped = self.streak = self.norm_steps = 0
             self.norm_sum.zero_()
             self.optimizer = self._optimizer(lr)
-            self.train_steps(steps)
+            try:
+                self.train_steps(steps)
+            except NonFiniteError as e:
+                diverged = e
+                if self.world.main:
+                    print(f"step-size search: lr={lr:g} diverged ({self.streak} non-finite updates in a row at "
+                          f"{self.samples_seen} datapoints)")
+                continue
             elbo = math.nan
             if self.world.main:
                 with self._eval_rng():
                     elbo = evaluate(self.model, probe, estimator=self.eval_estimator, num_samples=1)["elbo"]
                 print(f"step-size search: lr={lr:g} train ELBO {elbo:.2f} after {self.samples_seen} datapoints")
             (elbo,) = distributed.broadcast_floats([elbo], self.world)
+            if not math.isfinite(elbo):
+                diverged = NonFiniteError(f"step-size search: lr={lr:g} gave a non-finite train ELBO")
+                continue
             if best is None or elbo > best[0]:
                 best = (elbo, lr, self._snapshot(), copy.deepcopy(self.optimizer.state_dict()),
                         (self.skipped, self.norm_steps, self.norm_sum.clone()))
+        if best is None:
+            self.checkpointing = True
+            raise diverged
         _, self.lr, snap, opt_state, (self.skipped, self.norm_steps, norm_sum) = best
         self._load_snapshot(snap)
         self.norm_sum.copy_(norm_sum)

@@ -56,6 +56,29 @@ def test_paper_settings_replace_only_nz():
     assert reproduce.PRESETS["paper-mnist-200"]["model"]["latent_dim"] == 200  # the preset itself is untouched
 
 
+def test_fig2_summary_reads_the_checkpoints_and_the_smallest_gap():
+    def row(method, split, n, elbo):
+        return {"dataset": "mnist", "latent_dim": "20", "method": method, "split": split, "samples_seen": str(n),
+                "elbo": str(elbo)}  # as read back from fig2.csv
+    rows = [row("aevb", "test", 500_000, -130.0), row("aevb", "test", 1_000_000, -120.0),
+            row("aevb", "train", 1_000_000, -121.0), row("aevb", "test", 2_000_000, -115.0),
+            row("aevb", "train", 2_000_000, -114.0), row("aevb", "test", 10_000_000, -103.0),
+            row("aevb", "train", 10_000_000, -102.5),
+            row("wake_sleep", "test", 500_000, -125.0),  # above AEVB, but before 1e6: not counted
+            row("wake_sleep", "test", 1_000_000, -122.5), row("wake_sleep", "train", 1_000_000, -123.0),
+            row("wake_sleep", "test", 2_000_000, -118.0), row("wake_sleep", "train", 2_000_000, -114.5)]
+    (s,) = reproduce.fig2_summary(rows)
+    assert (s["dataset"], s["latent_dim"]) == ("mnist", 20)
+    assert (s["aevb_test_1e6"], s["aevb_train_1e6"], s["paper_1e6"]) == (-120.0, -121.0, -125.8)
+    assert (s["aevb_test_1e7"], s["aevb_train_1e7"], s["paper_1e7"]) == (-103.0, -102.5, -104.6)
+    assert (s["wake_sleep_samples"], s["wake_sleep_test"]) == (2_000_000, -118.0)
+    assert s["min_gap"] == pytest.approx(0.5)  # train at 2e6: -114.0 - (-114.5)
+    table = reproduce.format_fig2_summary([s])
+    assert "| mnist Nz=20 | -120.00 (-121.00) | -125.80 | -103.00 (-102.50) | -104.60 | -118.00 @2e+06 | 0.50 |" in table
+    (short,) = reproduce.fig2_summary([r for r in rows if r["method"] == "aevb" and int(r["samples_seen"]) < 10**7])
+    assert short["aevb_test_1e7"] is None and short["wake_sleep_test"] is None and short["min_gap"] is None
+
+
 def test_fig2_small_run_writes_csv_and_png(tmp_path, shared_data):
     rows = reproduce.fig2(tmp_path, latent_dims=(3,), samples=1000, data_dir=shared_data, progress=False,
                           quiet=True)
@@ -66,6 +89,7 @@ def test_fig2_small_run_writes_csv_and_png(tmp_path, shared_data):
     assert {r["method"] for r in written} == {"aevb", "wake_sleep"}
     assert max(int(r["samples_seen"]) for r in written) == 1000
     assert (tmp_path / "fig2_mnist.png").stat().st_size > 1000
+    assert (tmp_path / "fig2_summary.md").read_text().startswith("| panel | AEVB @1e6")
 
 
 def test_fig2_jobs_give_the_same_curves_as_one_process(tmp_path, shared_data):

@@ -183,7 +183,8 @@ def _fig2_task(dataset: str, nz: int, method: str, samples: int, init: str, seed
 def fig2(out: Path, *, dataset: str = "mnist", latent_dims=None, samples: int, baseline_samples: int | None = None,
          init: str = "paper", data_dir=None, seed: int = 0, jobs: int = 1, threads: int = 1, progress: bool = True,
          quiet: bool = False) -> list[dict]:
-    """Train AEVB and wake-sleep for every Nz; write fig2.csv, fig2_<dataset>.png and fig2_settings.json.
+    """Train AEVB and wake-sleep for every Nz; write fig2.csv, fig2_<dataset>.png, fig2_summary.md (printed too)
+    and fig2_settings.json.
 
     AEVB trains for `samples` datapoints, wake-sleep for `baseline_samples` (default the same). With jobs > 1 the
     models train in that many processes at once (run_tasks). Returns the CSV rows.
@@ -207,6 +208,10 @@ def fig2(out: Path, *, dataset: str = "mnist", latent_dims=None, samples: int, b
     rows = [row for result in run_tasks(tasks, jobs=jobs, threads=threads, quiet=quiet) for row in result]
     _write_csv(out / "fig2.csv", rows)
     plot_fig2(rows, out / f"fig2_{dataset}.png")
+    table = format_fig2_summary(fig2_summary(rows))
+    runs.write_text(out / "fig2_summary.md", table)
+    if not quiet:
+        print(table, end="", flush=True)
     _write_settings(out / "fig2_settings.json", {"dataset": dataset, "latent_dims": list(latent_dims),
                     "samples": samples, "baseline_samples": baseline_samples, "init": init, "seed": seed,
                     "jobs": jobs, "threads_per_job": threads}, time.perf_counter() - start)
@@ -246,6 +251,53 @@ def plot_fig2(rows: list[dict], path: Path) -> Path:
     fig.tight_layout()
     runs.write_bytes(path, figure_png(fig, dpi=110))
     return path
+
+
+def fig2_summary(rows: list[dict]) -> list[dict]:
+    """The acceptance checks of Figure 2, one dict per (dataset, Nz) panel.
+
+    For AEVB: the test and train ELBO at 1e6 and 1e7 datapoints (None where that point was not logged) and the
+    paper's read-off value there. For wake-sleep: its test ELBO at its last logged point. `min_gap`: the smallest
+    AEVB minus wake-sleep ELBO over both splits at the points from 1e6 on that both logged (None when there are none).
+    """
+    curves: dict = {}
+    for r in rows:
+        key = (r["dataset"], int(r["latent_dim"]))
+        curves.setdefault(key, {}).setdefault((r["method"], r["split"]), {})[int(r["samples_seen"])] = float(r["elbo"])
+    out = []
+    for (dataset, nz), c in sorted(curves.items()):
+        paper = PAPER_FIG2.get((dataset, nz), {})
+        row = {"dataset": dataset, "latent_dim": nz}
+        for n, tag in ((1_000_000, "1e6"), (10_000_000, "1e7")):
+            for split in ("test", "train"):
+                row[f"aevb_{split}_{tag}"] = c.get(("aevb", split), {}).get(n)
+            row[f"paper_{tag}"] = paper.get(("aevb", "any", float(n)))
+        ws_test = c.get(("wake_sleep", "test"), {})
+        last = max(ws_test, default=None)
+        row["wake_sleep_samples"], row["wake_sleep_test"] = last, ws_test.get(last)
+        gaps = [a[n] - c[("wake_sleep", split)][n]
+                for split in ("train", "test") for a in [c.get(("aevb", split), {})]
+                for n in a if n >= 1_000_000 and n in c.get(("wake_sleep", split), {})]
+        row["min_gap"] = min(gaps, default=None)
+        out.append(row)
+    return out
+
+
+def format_fig2_summary(summary: list[dict]) -> str:
+    """fig2_summary as a Markdown table: measured test (train) ELBO against the paper's, and the wake-sleep gap."""
+    def num(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    lines = ["| panel | AEVB @1e6 test (train) | paper @1e6 | AEVB @1e7 test (train) | paper @1e7 "
+             "| wake-sleep test at end | min AEVB - wake-sleep from 1e6 |", "|---|---|---|---|---|---|---|"]
+    for r in summary:
+        cells = [f"{r['dataset']} Nz={r['latent_dim']}"]
+        for tag in ("1e6", "1e7"):
+            cells += [f"{num(r[f'aevb_test_{tag}'])} ({num(r[f'aevb_train_{tag}'])})", num(r[f"paper_{tag}"])]
+        ws = "-" if r["wake_sleep_samples"] is None else f"{num(r['wake_sleep_test'])} @{r['wake_sleep_samples']:.0e}"
+        cells += [ws, num(r["min_gap"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # -- Figure 3 -------------------------------------------------------------------------------------------------

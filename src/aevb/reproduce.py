@@ -218,26 +218,35 @@ def fig2(out: Path, *, dataset: str = "mnist", latent_dims=None, samples: int, b
     return rows
 
 
+def _fig2_curves(rows: list[dict]) -> dict:
+    """fig2 rows (as returned, or as read back from fig2.csv) -> {(dataset, Nz): {(method, split): {samples: elbo}}}."""
+    curves: dict = {}
+    for r in rows:
+        panel = curves.setdefault((r["dataset"], int(r["latent_dim"])), {})
+        panel.setdefault((r["method"], r["split"]), {})[int(r["samples_seen"])] = float(r["elbo"])
+    return curves
+
+
 def plot_fig2(rows: list[dict], path: Path) -> Path:
     """One panel per (dataset, Nz): the measured curves and the paper's read-off values as markers."""
     from matplotlib.figure import Figure
 
-    panels = sorted({(r["dataset"], r["latent_dim"]) for r in rows})
+    curves = _fig2_curves(rows)
+    panels = sorted(curves)
     fig = Figure(figsize=(3.6 * len(panels), 3.4))
     axes = fig.subplots(1, len(panels), squeeze=False)
     colors = {"aevb": "tab:red", "wake_sleep": "tab:blue"}
     for ax, (dataset, nz) in zip(axes[0], panels):
         for method in ("aevb", "wake_sleep"):
             for split, style in (("train", "--"), ("test", "-")):
-                pts = [(r["samples_seen"], r["elbo"]) for r in rows
-                       if (r["dataset"], r["latent_dim"], r["method"], r["split"]) == (dataset, nz, method, split)]
-                if pts:
-                    x, y = zip(*sorted(pts))
+                curve = curves[(dataset, nz)].get((method, split))
+                if curve:
+                    x, y = zip(*sorted(curve.items()))
                     ax.plot(x, y, style, color=colors[method], label=f"{METHOD_LABELS[method]} {split}")
         for (method, split, n), value in PAPER_FIG2.get((dataset, nz), {}).items():
             marker = {"any": "o", "train": "^", "test": "s"}[split]
             ax.plot([n], [value], marker, color=colors[method], markeredgecolor="black", markersize=6)
-        ys = [r["elbo"] for r in rows if (r["dataset"], r["latent_dim"]) == (dataset, nz)]
+        ys = [elbo for curve in curves[(dataset, nz)].values() for elbo in curve.values()]
         ref = list(PAPER_FIG2.get((dataset, nz), {}).values())
         top = max(ys + ref)
         ax.set_ylim(min(ref + [top - 80]) - 10 if dataset == "mnist" else min(ref) - 150, top + 5)
@@ -260,12 +269,8 @@ def fig2_summary(rows: list[dict]) -> list[dict]:
     paper's read-off value there. For wake-sleep: its test ELBO at its last logged point. `min_gap`: the smallest
     AEVB minus wake-sleep ELBO over both splits at the points from 1e6 on that both logged (None when there are none).
     """
-    curves: dict = {}
-    for r in rows:
-        key = (r["dataset"], int(r["latent_dim"]))
-        curves.setdefault(key, {}).setdefault((r["method"], r["split"]), {})[int(r["samples_seen"])] = float(r["elbo"])
     out = []
-    for (dataset, nz), c in sorted(curves.items()):
+    for (dataset, nz), c in sorted(_fig2_curves(rows).items()):
         paper = PAPER_FIG2.get((dataset, nz), {})
         row = {"dataset": dataset, "latent_dim": nz}
         for n, tag in ((1_000_000, "1e6"), (10_000_000, "1e7")):
@@ -275,9 +280,10 @@ def fig2_summary(rows: list[dict]) -> list[dict]:
         ws_test = c.get(("wake_sleep", "test"), {})
         last = max(ws_test, default=None)
         row["wake_sleep_samples"], row["wake_sleep_test"] = last, ws_test.get(last)
-        gaps = [a[n] - c[("wake_sleep", split)][n]
-                for split in ("train", "test") for a in [c.get(("aevb", split), {})]
-                for n in a if n >= 1_000_000 and n in c.get(("wake_sleep", split), {})]
+        gaps = []
+        for split in ("train", "test"):
+            aevb, ws = c.get(("aevb", split), {}), c.get(("wake_sleep", split), {})
+            gaps += [aevb[n] - ws[n] for n in aevb.keys() & ws.keys() if n >= 1_000_000]
         row["min_gap"] = min(gaps, default=None)
         out.append(row)
     return out

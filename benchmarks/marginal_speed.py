@@ -3,6 +3,11 @@
 The IWAE paper's one-layer architecture (784-200-200-50, tanh, Bernoulli), trained for a moment or loaded from a
 run folder: time for all 10,000 test images (or --limit N, extrapolated) and the process's peak resident memory.
 Prints one JSON object. Usage: python benchmarks/marginal_speed.py --data-dir ../shared/data [--run RUN] [--limit N]
+
+With --compare N it instead times, side by side on the first N test images (best of --repeats, alternating), the
+estimator through the model contract's decode(z).log_prob(x) with 2^21 floats per decoder call (the earlier
+default), the same with the library's MAX_FLOATS, and the library's default (the model's fused
+log_likelihood, MAX_FLOATS), and prints the seconds extrapolated to 10,000 images and the ratios.
 """
 from __future__ import annotations
 
@@ -10,11 +15,13 @@ import argparse
 import json
 import resource
 import time
+from types import SimpleNamespace
 
 import torch
 
 import aevb
 from aevb.data import binarize_static, load
+from aevb import marginal
 from aevb.marginal import importance_sampling
 
 
@@ -24,6 +31,8 @@ def main() -> None:
     p.add_argument("--run", help="a trained run folder (default: the IWAE architecture, untrained)")
     p.add_argument("--k", type=int, default=5000)
     p.add_argument("--limit", type=int, help="evaluate the first N test images and extrapolate to 10,000")
+    p.add_argument("--compare", type=int, metavar="N", help="compare the likelihood paths and chunk sizes on N images")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of --compare (best of)")
     args = p.parse_args()
     if args.run:
         model, _ = aevb.load_run(args.run)
@@ -32,6 +41,9 @@ def main() -> None:
         model = aevb.VAE(aevb.ModelConfig(784, 50, (200, 200), "tanh", "bernoulli")).eval()
     ds = load("mnist", data_dir=args.data_dir)
     x = binarize_static(ds.test, seed=54321)[: args.limit] if args.limit else binarize_static(ds.test, seed=54321)
+    if args.compare:
+        compare(model, x[: args.compare], args.k, args.repeats)
+        return
     start = time.perf_counter()
     r = importance_sampling(model, x, num_samples=args.k, progress=True, seed=0)
     seconds = time.perf_counter() - start
@@ -41,6 +53,29 @@ def main() -> None:
         "seconds_for_10000": round(seconds * 10_000 / n, 1), "target_seconds": 300,
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3), "target_rss_gib": 2.0,
         "log_likelihood": r["mean"], "threads": torch.get_num_threads(),
+    }))
+
+
+def compare(model, x, k: int, repeats: int) -> None:
+    contract = SimpleNamespace(prior=model.prior, encode=model.encode, decode=model.decode)  # no log_likelihood
+    batch = 100
+    variants = {  # name: (model, samples per decoder call)
+        "contract_2^21": (contract, max(1, 2**21 // (batch * x.shape[1]))),
+        f"contract_2^{marginal.MAX_FLOATS.bit_length() - 1}": (contract, None),
+        "default": (model, None),
+    }
+    best = {name: float("inf") for name in variants}
+    for _ in range(repeats):
+        for name, (m, chunk) in variants.items():
+            start = time.perf_counter()
+            importance_sampling(m, x, num_samples=k, chunk_size=chunk, batch_size=batch, seed=0)
+            best[name] = min(best[name], time.perf_counter() - start)
+    seconds = {name: round(t * 10_000 / x.shape[0], 1) for name, t in best.items()}
+    first = next(iter(best))
+    print(json.dumps({
+        "k": k, "n": x.shape[0], "repeats": repeats, "threads": torch.get_num_threads(),
+        "seconds_for_10000": seconds,
+        "speedup_over_" + first: {name: round(best[first] / t, 2) for name, t in best.items()},
     }))
 
 

@@ -26,6 +26,24 @@ def test_contract_distributions_have_event_dims_and_sample_dims_first():
     torch.testing.assert_close(px.log_prob(x), manual)
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous-bernoulli", "gaussian", "gaussian-sigmoid",
+                                        "categorical"])
+def test_log_likelihood_is_the_decoders_log_prob_with_its_gradients(likelihood):
+    # VAE.log_likelihood(z, x) (for Bernoulli: h . W^T x + b . x - sum softplus(W h + b)) must equal
+    # decode(z).log_prob(x) in value and in every parameter gradient, for binary and grey-level x, with a sample
+    # dimension broadcast against the batch; float64, so the tolerance is rounding
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(x_dim=6, latent_dim=3, hidden=(5,), likelihood=likelihood, levels=4)).double()
+    z = 2 * torch.randn(7, 2, 3, dtype=torch.float64)
+    params = [*model.decoder.parameters(), *model.dec_head.parameters()]
+    for x in (torch.bernoulli(torch.full((2, 6), 0.4, dtype=torch.float64)), torch.rand(2, 6, dtype=torch.float64)):
+        fused, reference = model.log_likelihood(z, x), model.decode(z).log_prob(x)
+        assert fused.shape == (7, 2)
+        torch.testing.assert_close(fused, reference, rtol=1e-12, atol=1e-10)
+        for a, b in zip(torch.autograd.grad(fused.sum(), params), torch.autograd.grad(reference.sum(), params)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_gaussian_decoder_with_sigmoid_mean():
     torch.manual_seed(0)
     model = VAE(ModelConfig(x_dim=4, latent_dim=2, hidden=(3,), likelihood="gaussian-sigmoid"))

@@ -21,7 +21,20 @@ class GreyLevelBernoulli(Bernoulli):
     support = constraints.unit_interval
 
 
-class BernoulliHead(nn.Module):
+class _Head(nn.Module):
+    """An output layer `out` and `from_outputs`; p(x|h) = from_outputs(out(h))."""
+
+    out: nn.Linear
+
+    def forward(self, h: torch.Tensor) -> Independent:
+        return self.from_outputs(self.out(h))
+
+    def log_likelihood(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|h) summed over x's dimensions: self(h).log_prob(x), shape broadcast(h, x)[:-1]."""
+        return self(h).log_prob(x)
+
+
+class BernoulliHead(_Head):
     """Bernoulli MLP decoder output: logits = W h + b (the sigmoid lives inside the log-probability)."""
 
     def __init__(self, in_dim: int, x_dim: int, dist=GreyLevelBernoulli):
@@ -29,15 +42,24 @@ class BernoulliHead(nn.Module):
         self.out = nn.Linear(in_dim, x_dim)
         self.dist = dist
 
-    def forward(self, h: torch.Tensor) -> Independent:
-        return self.from_outputs(self.out(h))
+    def log_likelihood(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """sum_d x_d a_d - softplus(a_d) with a = W h + b: the same value as self(h).log_prob(x), with fewer passes.
+
+        The data term sum_d x_d a_d = h . (W^T x) + b . x costs a product over the hidden width instead of the D
+        pixels, which leaves one softplus and one sum over the (..., D) logits. Importance sampling decodes
+        thousands of z per datapoint, so this is where its time goes.
+        """
+        if self.dist is not GreyLevelBernoulli:
+            return super().log_likelihood(h, x)
+        data_term = (h * (x @ self.out.weight)).sum(-1) + x @ self.out.bias
+        return data_term - F.softplus(self.out(h)).sum(-1)
 
     def from_outputs(self, a: torch.Tensor) -> Independent:
         """p(x|z) from the output layer's pre-activations a = W h + b (the logits)."""
         return Independent(self.dist(logits=a, validate_args=False), 1)
 
 
-class GaussianHead(nn.Module):
+class GaussianHead(_Head):
     """Gaussian MLP decoder output: mean = W4 h + b4 (optionally through a sigmoid), log sigma^2 = W5 h + b5.
 
     The sigmoid-constrained mean is the paper's Frey Face decoder (section 5); the log-variance stays a linear,
@@ -48,9 +70,6 @@ class GaussianHead(nn.Module):
         super().__init__()
         self.out = nn.Linear(in_dim, 2 * x_dim)  # one matmul for [mean, log-variance]
         self.sigmoid_mean = sigmoid_mean
-
-    def forward(self, h: torch.Tensor) -> Independent:
-        return self.from_outputs(self.out(h))
 
     def from_outputs(self, a: torch.Tensor) -> Independent:
         """p(x|z) from the output layer's pre-activations a = [W4 h + b4, W5 h + b5]."""
@@ -79,16 +98,13 @@ class GreyLevels(Categorical):
         return super().sample(sample_shape).to(self.logits.dtype) / (self.logits.shape[-1] - 1)
 
 
-class CategoricalHead(nn.Module):
+class CategoricalHead(_Head):
     """Softmax over K grey levels for each pixel: logits = W h + b reshaped to (..., D, K)."""
 
     def __init__(self, in_dim: int, x_dim: int, levels: int):
         super().__init__()
         self.out = nn.Linear(in_dim, x_dim * levels)
         self.levels = levels
-
-    def forward(self, h: torch.Tensor) -> Independent:
-        return self.from_outputs(self.out(h))
 
     def from_outputs(self, a: torch.Tensor) -> Independent:
         """p(x|z) from the output layer's pre-activations a = W h + b, D * K of them."""

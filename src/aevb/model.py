@@ -137,6 +137,12 @@ class VAE(nn.Module):
         """p(x|z) with event shape (D,); z is (..., Dz)."""
         return self.dec_head(self.decoder(z))
 
+    def log_likelihood(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over pixels, (...,): the value of decode(z).log_prob(x), computed by the likelihood head
+        in fewer passes over the (..., D) outputs where it can (Bernoulli). The marginal-likelihood estimators use it
+        when a model has it."""
+        return self.dec_head.log_likelihood(self.decoder(z), x)
+
     @torch.no_grad()
     def sample(self, n: int, *, mean: bool = True) -> torch.Tensor:
         """n draws x ~ p(x|z), z ~ p(z); with mean=True the decoder's mean (the usual picture) instead of a draw."""

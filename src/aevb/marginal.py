@@ -12,8 +12,8 @@ import torch
 from torch.distributions import biject_to, constraints
 from tqdm.auto import tqdm
 
-MAX_FLOATS = 2**19  # per decoder call (2 MB of float32): larger blocks fall out of cache and measured up to
-# 1.6x slower on a shared 2-core CPU (benchmarks/marginal_speed.py --compare)
+MAX_FLOATS = 2**21  # per decoder call (8 MB of float32); 2**24 measured 2x slower, and 2**19 between 1.6x faster
+# and 1.2x slower depending on the host's load (benchmarks/marginal_speed.py --compare)
 DENSITIES = ("auto", "gaussian", "kde")
 JITTER = 0.5  # HMC step sizes are drawn uniformly from eps * [1 - JITTER, 1 + JITTER]
 PILOT_CHAINS = 4  # AIS chains per datapoint that tune the step size and carry no weight

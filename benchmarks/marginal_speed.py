@@ -6,7 +6,8 @@ Prints one JSON object. Usage: python benchmarks/marginal_speed.py --data-dir ..
 
 With --compare N it instead times, side by side on the first N test images (best of --repeats, alternating), the
 estimator through the model contract's decode(z).log_prob(x) with the library's MAX_FLOATS floats per decoder
-call, the same with 2^19, and the library's default (the model's fused log_likelihood, MAX_FLOATS), and prints the seconds extrapolated to 10,000 images and the ratios.
+call, the same with 2^19, and the library's default (the model's fused log_likelihood, MAX_FLOATS), and prints
+the seconds extrapolated to 10,000 images and the ratios.
 """
 from __future__ import annotations
 

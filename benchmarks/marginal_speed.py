@@ -4,10 +4,13 @@ The IWAE paper's one-layer architecture (784-200-200-50, tanh, Bernoulli), train
 run folder: time for all 10,000 test images (or --limit N, extrapolated) and the process's peak resident memory.
 Prints one JSON object. Usage: python benchmarks/marginal_speed.py --data-dir ../shared/data [--run RUN] [--limit N]
 
+With --compile the measured time includes torch.compile's one-time compilation.
+
 With --compare N it instead times, side by side on the first N test images (best of --repeats, alternating), the
-estimator through the model contract's decode(z).log_prob(x) with the library's MAX_FLOATS floats per decoder
-call, the same with 2^19, and the library's default (the model's fused log_likelihood, MAX_FLOATS), and prints
-the seconds extrapolated to 10,000 images and the ratios.
+estimator through the model contract's decode(z).log_prob(x), the library's default (the model's fused
+log_likelihood) and the same through torch.compile (compiled beforehand on one image; the compilation's seconds
+are printed apart), all with MAX_FLOATS floats per decoder call, and prints the seconds extrapolated to 10,000
+images and the ratios.
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, help="evaluate the first N test images and extrapolate to 10,000")
     p.add_argument("--compare", type=int, metavar="N", help="compare the likelihood paths and chunk sizes on N images")
     p.add_argument("--repeats", type=int, default=3, help="rounds of --compare (best of)")
+    p.add_argument("--compile", action="store_true", help="evaluate through torch.compile (importance_sampling's "
+                   "compile=True)")
     args = p.parse_args()
     if args.run:
         model, _ = aevb.load_run(args.run)
@@ -45,11 +50,11 @@ def main() -> None:
         compare(model, x[: args.compare], args.k, args.repeats)
         return
     start = time.perf_counter()
-    r = importance_sampling(model, x, num_samples=args.k, progress=True, seed=0)
+    r = importance_sampling(model, x, num_samples=args.k, progress=True, seed=0, compile=args.compile)
     seconds = time.perf_counter() - start
     n = x.shape[0]
     print(json.dumps({
-        "k": args.k, "n": n, "seconds": round(seconds, 1),
+        "k": args.k, "n": n, "compile": args.compile, "seconds": round(seconds, 1),
         "seconds_for_10000": round(seconds * 10_000 / n, 1), "target_seconds": 300,
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3), "target_rss_gib": 2.0,
         "log_likelihood": r["mean"], "threads": torch.get_num_threads(),
@@ -59,21 +64,25 @@ def main() -> None:
 def compare(model, x, k: int, repeats: int) -> None:
     contract = SimpleNamespace(prior=model.prior, encode=model.encode, decode=model.decode)  # no log_likelihood
     batch = 100
-    variants = {  # name: (model, samples per decoder call)
-        f"contract_2^{marginal.MAX_FLOATS.bit_length() - 1}": (contract, None),
-        "contract_2^19": (contract, max(1, 2**19 // (batch * x.shape[1]))),
-        "default": (model, None),
+    variants = {  # name: (model, compile)
+        "contract": (contract, False),
+        "default": (model, False),
+        "compiled": (model, True),
     }
+    start = time.perf_counter()
+    importance_sampling(model, x[:1], num_samples=k, batch_size=batch, seed=0, compile=True)
+    compile_seconds = time.perf_counter() - start
     best = {name: float("inf") for name in variants}
     for _ in range(repeats):
-        for name, (m, chunk) in variants.items():
+        for name, (m, compiled) in variants.items():
             start = time.perf_counter()
-            importance_sampling(m, x, num_samples=k, chunk_size=chunk, batch_size=batch, seed=0)
+            importance_sampling(m, x, num_samples=k, batch_size=batch, seed=0, compile=compiled)
             best[name] = min(best[name], time.perf_counter() - start)
     seconds = {name: round(t * 10_000 / x.shape[0], 1) for name, t in best.items()}
     first = next(iter(best))
     print(json.dumps({
         "k": k, "n": x.shape[0], "repeats": repeats, "threads": torch.get_num_threads(),
+        "floats_per_decoder_call": marginal.MAX_FLOATS, "first_compile_seconds": round(compile_seconds, 1),
         "seconds_for_10000": seconds,
         "speedup_over_" + first: {name: round(best[first] / t, 2) for name, t in best.items()},
     }))

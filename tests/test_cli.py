@@ -120,6 +120,18 @@ def test_eval_marginal_likelihood_json(digits_run, capsys):
     assert r["bits_per_dim"] == pytest.approx(-r["log_likelihood"] / (64 * 0.6931471805599453))
 
 
+def test_eval_compile_is_the_same_estimate_and_only_for_is(digits_run, capsys):
+    args = ["eval", str(digits_run), "--method", "is", "--k", "100", "--limit", "20"]
+    results = []
+    for extra in ([], ["--compile"]):
+        assert main(args + extra) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert results[1]["log_likelihood"] == pytest.approx(results[0]["log_likelihood"], rel=1e-6)
+    assert main(["eval", str(digits_run), "--method", "hmc", "--compile"]) == 2
+    err = capsys.readouterr().err
+    assert "--compile applies to --method is" in err and len(err.strip().splitlines()) == 1
+
+
 def test_eval_grid_needs_two_latent_dims(digits_run, capsys):
     assert main(["eval", str(digits_run), "--method", "grid", "--limit", "5"]) == 2
     err = capsys.readouterr().err

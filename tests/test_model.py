@@ -6,6 +6,7 @@ from torch.distributions import Independent
 
 from aevb import VAE, ModelConfig
 from aevb import TrainConfig
+from aevb.likelihoods import _softplus_sum
 from aevb.optim import make_optimizer
 from aevb.train import lr_factor
 
@@ -42,6 +43,22 @@ def test_log_likelihood_is_the_decoders_log_prob_with_its_gradients(likelihood):
         torch.testing.assert_close(fused, reference, rtol=1e-12, atol=1e-10)
         for a, b in zip(torch.autograd.grad(fused.sum(), params), torch.autograd.grad(reference.sum(), params)):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("d", [784, 560, 48, 16, 97, 5])
+def test_grouped_softplus_sum_is_the_softplus_sum(d):
+    # sum_d max(a, 0) + sum over groups of log prod (1 + exp(-|a|)) against softplus summed in float64: groups of the
+    # largest divisor of D in [16, 64] (56 for 784 and 560), plain softplus for D without one (97, 5); logits up to
+    # +-200 must neither overflow the products nor lose the linear part (the reference is log(1 + e^a) exactly)
+    torch.manual_seed(0)
+    a = torch.cat([torch.randn(50, d, dtype=torch.float64) * 6, torch.full((1, d), 200.0, dtype=torch.float64),
+                   torch.full((1, d), -200.0, dtype=torch.float64), torch.zeros(1, d, dtype=torch.float64)])
+    exact = torch.logaddexp(a, torch.zeros(())).sum(-1)  # F.softplus returns a itself above a = 20
+    # rtol 1e-11: the fallback is F.softplus, which returns a (off by < e^-20) above its threshold a = 20
+    torch.testing.assert_close(_softplus_sum(a), exact, rtol=1e-11, atol=1e-12)
+    # float32: low by at most D ulp(1) from the dropped exp(-|a|) terms, plus the usual summation rounding
+    got32 = _softplus_sum(a.float()).double()
+    assert ((got32 - exact).abs() <= d * 2**-23 + 2e-7 * exact.abs()).all()
 
 
 def test_gaussian_decoder_with_sigmoid_mean():

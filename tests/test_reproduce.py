@@ -79,6 +79,27 @@ def test_fig2_summary_reads_the_checkpoints_and_the_smallest_gap():
     assert short["aevb_test_1e7"] is None and short["wake_sleep_test"] is None and short["min_gap"] is None
 
 
+def test_fig2_summary_averages_seeds_and_keeps_their_range():
+    def row(seed, method, split, n, elbo):
+        return {"dataset": "mnist", "latent_dim": "200", "method": method, "seed": str(seed), "split": split,
+                "samples_seen": str(n), "elbo": str(elbo)}
+    rows = []
+    for seed, (a6, a7, ws) in enumerate([(-120.0, -103.5, -125.0), (-121.0, -103.0, -126.0), (-119.0, -103.1,
+                                                                                                -124.0)]):
+        rows += [row(seed, "aevb", split, n, v + (split == "train")) for split in ("test", "train")
+                 for n, v in ((1_000_000, a6), (10_000_000, a7))]
+        rows += [row(seed, "wake_sleep", split, 1_000_000, ws) for split in ("test", "train")]
+    (s,) = reproduce.fig2_summary(rows)
+    assert s["seeds"] == 3
+    assert s["aevb_test_1e6"] == pytest.approx(-120.0) and s["aevb_train_1e6"] == pytest.approx(-119.0)
+    assert s["aevb_test_1e7"] == pytest.approx(-103.2) and s["aevb_test_1e7_range"] == (-103.5, -103.0)
+    assert s["paper_1e7"] == -103.3
+    assert s["min_gap"] == pytest.approx(5.0)  # mean AEVB -120 against mean wake-sleep -125, test split
+    table = reproduce.format_fig2_summary([s])
+    assert ("| mnist Nz=200, mean of 3 seeds | -120.00 [-121.00, -119.00] (-119.00) | -121.50 "
+            "| -103.20 [-103.50, -103.00] (-102.20) | -103.30 |") in table
+
+
 def test_fig2_small_run_writes_csv_and_png(tmp_path, shared_data):
     rows = reproduce.fig2(tmp_path, latent_dims=(3,), samples=1000, data_dir=shared_data, progress=False,
                           quiet=True)
@@ -109,6 +130,26 @@ def test_fig2_jobs_give_the_same_curves_as_one_process(tmp_path, shared_data):
     assert settings["jobs"] == 2 and settings["baseline_samples"] == 1000 and settings["seconds"] > 0
 
 
+def test_fig2_seeds_train_every_model_once_per_seed(tmp_path, shared_data):
+    torch.set_num_threads(1)
+    kwargs = dict(latent_dims=(3,), samples=1000, data_dir=shared_data, progress=False, quiet=True)
+    rows = reproduce.fig2(tmp_path / "two", seed=4, seeds=2, **kwargs)
+    assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("aevb", "wake_sleep") for s in (4, 5)}
+    alone = reproduce.fig2(tmp_path / "one", seed=5, **kwargs)  # seed 5 by itself gives seed 5's curve
+    seed5 = {(r["method"], r["split"], r["samples_seen"]): r["elbo"] for r in rows if r["seed"] == 5}
+    assert {(r["method"], r["split"], r["samples_seen"]): r["elbo"] for r in alone} == pytest.approx(seed5)
+    seed4 = {(r["method"], r["split"], r["samples_seen"]): r["elbo"] for r in rows if r["seed"] == 4}
+    assert seed4 != pytest.approx(seed5)  # the seeds differ
+    (s,) = reproduce.fig2_summary(rows)
+    assert s["seeds"] == 2
+    with open(tmp_path / "two" / "fig2.csv") as f:
+        assert {r["seed"] for r in csv.DictReader(f)} == {"4", "5"}
+    assert json.loads((tmp_path / "two" / "fig2_settings.json").read_text())["seeds"] == 2
+    assert "mean of 2 seeds" in (tmp_path / "two" / "fig2_summary.md").read_text()
+    with pytest.raises(ValueError, match="--seeds must be >= 1"):
+        reproduce.fig2(tmp_path / "zero", seeds=0, **kwargs)
+
+
 def test_paper_settings_init():
     assert reproduce.paper_settings("mnist", 5)["model"]["init"] == "paper"
     assert reproduce.paper_settings("mnist", 5, "torch")["model"]["init"] == "torch"
@@ -136,6 +177,10 @@ def test_cli_fig5_and_bad_input(tmp_path, shared_data, capsys):
     assert "--jobs must be >= 1" in capsys.readouterr().err
     assert main(["reproduce", "fig5", "--baseline-samples", "10", "--out", str(tmp_path / "b")]) == 2
     assert "--baseline-samples applies to fig2 and fig3" in capsys.readouterr().err
+    assert main(["reproduce", "fig3", "--seeds", "2", "--out", str(tmp_path / "s")]) == 2
+    assert "--seeds applies to fig2" in capsys.readouterr().err
+    assert main(["reproduce", "fig2", "--seeds", "0", "--out", str(tmp_path / "s0")]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["reproduce", "fig5", "--latent-dims", "two", "--out", str(tmp_path / "z")])
     assert e.value.code == 2

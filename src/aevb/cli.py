@@ -226,6 +226,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--n-train", type=_sizes, help="fig3's training-set sizes (default 1000,50000)")
     r.add_argument("--data-dir", help="folder holding the data files")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seeds", type=int, default=1,
+                   help="fig2: train every model with this many seeds (--seed, --seed + 1, ...) and report their mean "
+                        "and range (default 1)")
     r.add_argument("--threads", type=int, help="CPU threads for PyTorch (per job when --jobs > 1, default 1 then)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--out", required=True, help="folder for the CSV and PNG files")
@@ -564,6 +567,10 @@ def cmd_reproduce(args) -> int:
         torch.set_num_threads(args.threads)
     if args.baseline_samples is not None and args.figure not in ("fig2", "fig3"):
         raise UsageError("--baseline-samples applies to fig2 and fig3 (the figures with baselines)")
+    if args.seeds != 1 and args.figure != "fig2":
+        raise UsageError("--seeds applies to fig2")
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     samples = reproduce.training_length(args.figure, args.samples, args.budget)
     out = Path(args.out)
     try:
@@ -575,7 +582,7 @@ def cmd_reproduce(args) -> int:
     progress = not args.no_progress
     if args.figure == "fig2":
         reproduce.fig2(out, dataset=args.dataset, latent_dims=args.latent_dims, progress=progress,
-                       baseline_samples=args.baseline_samples, **common)
+                       baseline_samples=args.baseline_samples, seeds=args.seeds, **common)
     elif args.figure == "fig3":
         reproduce.fig3(out, n_trains=args.n_train or (1000, 50000), baseline_samples=args.baseline_samples,
                        **common)

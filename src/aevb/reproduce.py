@@ -22,6 +22,7 @@ import json
 import math
 import multiprocessing
 import os
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -175,22 +176,25 @@ def _fig2_task(dataset: str, nz: int, method: str, samples: int, init: str, seed
                               samples=samples, seed=seed)
     model, cfg = _model_and_config(ds.x_dim, settings)
     history = fit(model, ds.train, ds.test, cfg, None, progress=progress)
-    return [{"dataset": dataset, "latent_dim": nz, "method": method, "split": split,
+    return [{"dataset": dataset, "latent_dim": nz, "method": method, "seed": seed, "split": split,
              "samples_seen": rec["samples_seen"], "elbo": rec[f"{split}_elbo"], "seconds": rec["seconds"]}
             for rec in history for split in ("train", "test")]
 
 
 def fig2(out: Path, *, dataset: str = "mnist", latent_dims=None, samples: int, baseline_samples: int | None = None,
-         init: str = "paper", data_dir=None, seed: int = 0, jobs: int = 1, threads: int = 1, progress: bool = True,
-         quiet: bool = False) -> list[dict]:
+         init: str = "paper", data_dir=None, seed: int = 0, seeds: int = 1, jobs: int = 1, threads: int = 1,
+         progress: bool = True, quiet: bool = False) -> list[dict]:
     """Train AEVB and wake-sleep for every Nz; write fig2.csv, fig2_<dataset>.png, fig2_summary.md (printed too)
     and fig2_settings.json.
 
-    AEVB trains for `samples` datapoints, wake-sleep for `baseline_samples` (default the same). With jobs > 1 the
-    models train in that many processes at once (run_tasks). Returns the CSV rows.
+    AEVB trains for `samples` datapoints, wake-sleep for `baseline_samples` (default the same). Each model trains
+    `seeds` times, with seeds seed, seed + 1, ...; the plot and the summary show the mean over seeds and their range.
+    With jobs > 1 the models train in that many processes at once (run_tasks). Returns the CSV rows.
     """
     if dataset not in LATENT_DIMS:
         raise ValueError(f"fig2 runs on {' or '.join(LATENT_DIMS)}, not {dataset!r}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
     latent_dims = tuple(latent_dims or LATENT_DIMS[dataset])
     baseline_samples = baseline_samples or samples
     _data(dataset, data_dir)  # a missing or bad data set fails here, before any training
@@ -200,9 +204,12 @@ def fig2(out: Path, *, dataset: str = "mnist", latent_dims=None, samples: int, b
     for nz in latent_dims:
         for method, n, slower in (("aevb", samples, 1.0), ("wake_sleep", baseline_samples, 1.45)):
             cost = n * slower * (1 + 3 * nz / 1568)  # relative time: wake-sleep's extra pass, Nz's share of FLOPs
-            kwargs = dict(dataset=dataset, nz=nz, method=method, samples=n, init=init, seed=seed,
-                          data_dir=data_dir, progress=progress and jobs == 1)
-            tasks.append((f"{dataset} Nz={nz} {METHOD_LABELS[method]} ({n:,} datapoints)", cost, _fig2_task, kwargs))
+            for s in range(seed, seed + seeds):
+                kwargs = dict(dataset=dataset, nz=nz, method=method, samples=n, init=init, seed=s,
+                              data_dir=data_dir, progress=progress and jobs == 1)
+                tag = f" seed {s}" if seeds > 1 else ""
+                tasks.append((f"{dataset} Nz={nz} {METHOD_LABELS[method]}{tag} ({n:,} datapoints)", cost,
+                              _fig2_task, kwargs))
     _log(f"fig2 {dataset}: {len(tasks)} models, {jobs} at a time", quiet)
     start = time.perf_counter()
     rows = [row for result in run_tasks(tasks, jobs=jobs, threads=threads, quiet=quiet) for row in result]
@@ -214,24 +221,35 @@ def fig2(out: Path, *, dataset: str = "mnist", latent_dims=None, samples: int, b
         print(table, end="", flush=True)
     _write_settings(out / "fig2_settings.json", {"dataset": dataset, "latent_dims": list(latent_dims),
                     "samples": samples, "baseline_samples": baseline_samples, "init": init, "seed": seed,
-                    "jobs": jobs, "threads_per_job": threads}, time.perf_counter() - start)
+                    "seeds": seeds, "jobs": jobs, "threads_per_job": threads}, time.perf_counter() - start)
     return rows
 
 
-def _fig2_curves(rows: list[dict]) -> dict:
-    """fig2 rows (as returned, or as read back from fig2.csv) -> {(dataset, Nz): {(method, split): {samples: elbo}}}."""
-    curves: dict = {}
+def _fig2_curves(rows: list[dict], reduce=statistics.fmean) -> dict:
+    """fig2 rows (as returned, or as read back from fig2.csv) -> {(dataset, Nz): {(method, split): {samples: elbo}}},
+    where elbo is `reduce` (the mean; min and max give the range) of the seeds' values at that point."""
+    values: dict = {}
     for r in rows:
-        panel = curves.setdefault((r["dataset"], int(r["latent_dim"])), {})
-        panel.setdefault((r["method"], r["split"]), {})[int(r["samples_seen"])] = float(r["elbo"])
-    return curves
+        panel = values.setdefault((r["dataset"], int(r["latent_dim"])), {})
+        panel.setdefault((r["method"], r["split"]), {}).setdefault(int(r["samples_seen"]), []).append(float(r["elbo"]))
+    return {key: {curve: {n: reduce(v) for n, v in points.items()} for curve, points in panel.items()}
+            for key, panel in values.items()}
+
+
+def _fig2_seeds(rows: list[dict]) -> dict:
+    """{(dataset, Nz): number of seeds} (rows from a CSV without a seed column count as one seed)."""
+    seeds: dict = {}
+    for r in rows:
+        seeds.setdefault((r["dataset"], int(r["latent_dim"])), set()).add(str(r.get("seed", 0)))
+    return {key: len(s) for key, s in seeds.items()}
 
 
 def plot_fig2(rows: list[dict], path: Path) -> Path:
     """One panel per (dataset, Nz): the measured curves and the paper's read-off values as markers."""
     from matplotlib.figure import Figure
 
-    curves = _fig2_curves(rows)
+    curves, low, high = (_fig2_curves(rows, f) for f in (statistics.fmean, min, max))
+    seeds = _fig2_seeds(rows)
     panels = sorted(curves)
     fig = Figure(figsize=(3.6 * len(panels), 3.4))
     axes = fig.subplots(1, len(panels), squeeze=False)
@@ -243,6 +261,10 @@ def plot_fig2(rows: list[dict], path: Path) -> Path:
                 if curve:
                     x, y = zip(*sorted(curve.items()))
                     ax.plot(x, y, style, color=colors[method], label=f"{METHOD_LABELS[method]} {split}")
+                    if seeds[(dataset, nz)] > 1 and split == "test":  # the seeds' range around the mean
+                        lo, hi = low[(dataset, nz)][(method, split)], high[(dataset, nz)][(method, split)]
+                        ax.fill_between(x, [lo[n] for n in x], [hi[n] for n in x], color=colors[method], alpha=0.2,
+                                        linewidth=0)
         for (method, split, n), value in PAPER_FIG2.get((dataset, nz), {}).items():
             marker = {"any": "o", "train": "^", "test": "s"}[split]
             ax.plot([n], [value], marker, color=colors[method], markeredgecolor="black", markersize=6)
@@ -251,7 +273,9 @@ def plot_fig2(rows: list[dict], path: Path) -> Path:
         top = max(ys + ref)
         ax.set_ylim(min(ref + [top - 80]) - 10 if dataset == "mnist" else min(ref) - 150, top + 5)
         ax.set_xscale("log")
-        ax.set_title(f"{'MNIST' if dataset == 'mnist' else 'Frey Face'}, $N_z$ = {nz}")
+        n_seeds = f", mean of {seeds[(dataset, nz)]} seeds" if seeds[(dataset, nz)] > 1 else ""
+        ax.set_title(f"{'MNIST' if dataset == 'mnist' else 'Frey Face'}, $N_z$ = {nz}{n_seeds}",
+                     **({"fontsize": 10} if n_seeds else {}))
         ax.set_xlabel("training datapoints evaluated")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("ELBO per datapoint (nats)")
@@ -268,14 +292,20 @@ def fig2_summary(rows: list[dict]) -> list[dict]:
     For AEVB: the test and train ELBO at 1e6 and 1e7 datapoints (None where that point was not logged) and the
     paper's read-off value there. For wake-sleep: its test ELBO at its last logged point. `min_gap`: the smallest
     AEVB minus wake-sleep ELBO over both splits at the points from 1e6 on that both logged (None when there are none).
+    With several seeds every value is the mean over seeds; `seeds` counts them and `aevb_test_<n>_range` is the
+    (lowest, highest) seed's test ELBO.
     """
     out = []
+    low, high, seeds = _fig2_curves(rows, min), _fig2_curves(rows, max), _fig2_seeds(rows)
     for (dataset, nz), c in sorted(_fig2_curves(rows).items()):
         paper = PAPER_FIG2.get((dataset, nz), {})
-        row = {"dataset": dataset, "latent_dim": nz}
+        row = {"dataset": dataset, "latent_dim": nz, "seeds": seeds[(dataset, nz)]}
         for n, tag in ((1_000_000, "1e6"), (10_000_000, "1e7")):
             for split in ("test", "train"):
                 row[f"aevb_{split}_{tag}"] = c.get(("aevb", split), {}).get(n)
+            test = ("aevb", "test")
+            row[f"aevb_test_{tag}_range"] = ((low[(dataset, nz)][test][n], high[(dataset, nz)][test][n])
+                                             if row[f"aevb_test_{tag}"] is not None else None)
             row[f"paper_{tag}"] = paper.get(("aevb", "any", float(n)))
         ws_test = c.get(("wake_sleep", "test"), {})
         last = max(ws_test, default=None)
@@ -290,16 +320,21 @@ def fig2_summary(rows: list[dict]) -> list[dict]:
 
 
 def format_fig2_summary(summary: list[dict]) -> str:
-    """fig2_summary as a Markdown table: measured test (train) ELBO against the paper's, and the wake-sleep gap."""
+    """fig2_summary as a Markdown table: measured test (train) ELBO against the paper's, and the wake-sleep gap.
+    With several seeds: the means, and the seeds' test range in brackets."""
     def num(v):
         return "-" if v is None else f"{v:.2f}"
 
     lines = ["| panel | AEVB @1e6 test (train) | paper @1e6 | AEVB @1e7 test (train) | paper @1e7 "
              "| wake-sleep test at end | min AEVB - wake-sleep from 1e6 |", "|---|---|---|---|---|---|---|"]
     for r in summary:
-        cells = [f"{r['dataset']} Nz={r['latent_dim']}"]
+        several = r.get("seeds", 1) > 1
+        cells = [f"{r['dataset']} Nz={r['latent_dim']}" + (f", mean of {r['seeds']} seeds" if several else "")]
         for tag in ("1e6", "1e7"):
-            cells += [f"{num(r[f'aevb_test_{tag}'])} ({num(r[f'aevb_train_{tag}'])})", num(r[f"paper_{tag}"])]
+            spread = r.get(f"aevb_test_{tag}_range")
+            spread = f" [{spread[0]:.2f}, {spread[1]:.2f}]" if several and spread else ""
+            cells += [f"{num(r[f'aevb_test_{tag}'])}{spread} ({num(r[f'aevb_train_{tag}'])})",
+                      num(r[f"paper_{tag}"])]
         ws = "-" if r["wake_sleep_samples"] is None else f"{num(r['wake_sleep_test'])} @{r['wake_sleep_samples']:.0e}"
         cells += [ws, num(r["min_gap"])]
         lines.append("| " + " | ".join(cells) + " |")

@@ -9,8 +9,8 @@ With --compile the measured time includes torch.compile's one-time compilation.
 With --compare N it instead times, side by side on the first N test images (best of --repeats, alternating), the
 estimator through the model contract's decode(z).log_prob(x), the library's default (the model's fused
 log_likelihood) and the same through torch.compile (compiled beforehand on two images, since a size of 1 gets a
-graph of its own; the compilation's seconds are printed apart), all with MAX_FLOATS floats per decoder call, and prints the seconds extrapolated to 10,000
-images and the ratios.
+graph of its own; the compilation's seconds are printed apart), all with MAX_FLOATS floats per decoder call, and
+prints the seconds extrapolated to 10,000 images and the ratios.
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ class LinearGaussian(torch.nn.Module):
         self.q_shift, self.q_scale = q_shift, q_scale
 
     def prior(self):
-        return Independent(Normal(torch.zeros(self.z_dim, dtype=torch.float64), torch.ones(self.z_dim, dtype=torch.float64)), 1)
+        zeros = torch.zeros(self.z_dim, dtype=torch.float64)
+        return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
 
     def posterior_cov(self):
         eye = torch.eye(self.z_dim, dtype=torch.float64)

@@ -13,8 +13,9 @@ from aevb.kl import has_analytic_kl
 
 from linear_gaussian import DiagonalLinearGaussian, LearnableQ
 
-ANALYTIC = {"normal", "laplace", "cauchy", "gumbel", "uniform", "triangular", "beta", "exponential", "rayleigh", "weibull",
-            "gamma", "erlang", "chi2", "log_normal", "pareto", "reciprocal", "dirichlet", "multivariate_normal"}
+ANALYTIC = {"normal", "laplace", "cauchy", "gumbel", "uniform", "triangular", "beta", "exponential", "rayleigh",
+            "weibull", "gamma", "erlang", "chi2", "log_normal", "pareto", "reciprocal", "dirichlet",
+            "multivariate_normal"}
 
 
 @pytest.mark.parametrize("name", sorted(POSTERIORS))

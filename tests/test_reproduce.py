@@ -74,7 +74,8 @@ def test_fig2_summary_reads_the_checkpoints_and_the_smallest_gap():
     assert (s["wake_sleep_samples"], s["wake_sleep_test"]) == (2_000_000, -118.0)
     assert s["min_gap"] == pytest.approx(0.5)  # train at 2e6: -114.0 - (-114.5)
     table = reproduce.format_fig2_summary([s])
-    assert "| mnist Nz=20 | -120.00 (-121.00) | -125.80 | -103.00 (-102.50) | -104.60 | -118.00 @2e+06 | 0.50 |" in table
+    assert ("| mnist Nz=20 | -120.00 (-121.00) | -125.80 | -103.00 (-102.50) | -104.60 | -118.00 @2e+06 | 0.50 |"
+            in table)
     (short,) = reproduce.fig2_summary([r for r in rows if r["method"] == "aevb" and int(r["samples_seen"]) < 10**7])
     assert short["aevb_test_1e7"] is None and short["wake_sleep_test"] is None and short["min_gap"] is None
 

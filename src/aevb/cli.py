@@ -119,7 +119,9 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a VAE with AEVB (Algorithm 1) and write a run folder",
                        description="Train a VAE. Flags override the preset (or aevb's defaults when no preset).")
-    t.add_argument("--preset", choices=sorted(PRESETS), help="named settings: the paper's Figure 2 panels (paper-mnist-20, ...) or iwae-mnist (Burda et al.'s architecture)")
+    t.add_argument("--preset", choices=sorted(PRESETS),
+                   help="named settings: the paper's Figure 2 panels (paper-mnist-20, ...) "
+                   "or iwae-mnist (Burda et al.'s architecture)")
     t.add_argument("--dataset", choices=sorted(DATASETS), help="data set (default mnist)")
     t.add_argument("--split", choices=SPLITS, help="standard (60k/10k for MNIST) or paper (50k train)")
     t.add_argument("--data-dir", help="folder holding the data files (else $AEVB_DATA, the cache, or a download)")
@@ -127,14 +129,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=_widths, help="comma-separated hidden widths of the encoder (decoder mirrors)")
     t.add_argument("--activation", choices=sorted(ACTIVATIONS))
     t.add_argument("--likelihood", choices=sorted(LIKELIHOODS),
-                   help="p(x|z): bernoulli (MNIST grey levels), gaussian(-sigmoid) (Frey), categorical, continuous-bernoulli")
+                   help="p(x|z): bernoulli (MNIST grey levels), gaussian(-sigmoid) (Frey), categorical, "
+                   "continuous-bernoulli")
     t.add_argument("--levels", type=int, help="K grey levels of the categorical likelihood (default 16)")
     t.add_argument("--posterior", choices=sorted(POSTERIORS), help="family of q(z|x) (default normal)")
     t.add_argument("--prior", choices=sorted(PRIORS), help="p(z), of matching support (default: the posterior's "
                    "standard member)")
     t.add_argument("--init", choices=INITS, help="paper: N(0, 0.01^2) weights; torch: PyTorch's default")
     t.add_argument("--estimator", choices=["auto", *sorted(ESTIMATORS)],
-                   help="sgvb_b (analytic KL), sgvb_a, iwae, wake_sleep (the paper's baseline, logged with the ELBO), or auto: sgvb_b where the KL is analytic, else sgvb_a")
+                   help="sgvb_b (analytic KL), sgvb_a, iwae, wake_sleep (the paper's baseline, logged with the ELBO), "
+                   "or auto: sgvb_b where the KL is analytic, else sgvb_a")
     t.add_argument("--num-samples", type=int, help="L, samples of z per datapoint (K for iwae)")
     t.add_argument("--gradient", choices=GRADIENTS, help="standard, stl (sticking the landing) or dreg (iwae)")
     t.add_argument("--optimizer", choices=OPTIMIZERS)
@@ -312,8 +316,8 @@ def _train_settings(args) -> dict:
             model[flag] = getattr(args, flag)
     if args.posterior is not None and args.prior is None:
         model["prior"] = None  # the new posterior's own default prior
-    for flag in ("estimator", "num_samples", "gradient", "optimizer", "schedule", "batch_size", "binarize", "evals_per_decade",
-                 "ema", "compile", "seed", "shards", "tensorboard"):
+    for flag in ("estimator", "num_samples", "gradient", "optimizer", "schedule", "batch_size", "binarize",
+                 "evals_per_decade", "ema", "compile", "seed", "shards", "tensorboard"):
         if getattr(args, flag) is not None:
             train[flag] = getattr(args, flag)
     if args.samples is not None:
@@ -352,8 +356,8 @@ def _load_data(data_cfg: dict, data_dir):
 # Flags that define a run; a resumed run keeps its own (config.json), so giving one with --resume is an error.
 RUN_FLAGS = ("preset", "dataset", "split", "latent_dim", "hidden", "activation", "likelihood", "levels", "posterior",
              "prior", "init", "estimator", "num_samples", "gradient", "optimizer", "lr", "schedule", "weight_decay",
-             "batch_size", "samples", "epochs", "binarize", "evals_per_decade", "ema", "compile", "seed", "shards", "tensorboard",
-             "out")
+             "batch_size", "samples", "epochs", "binarize", "evals_per_decade", "ema", "compile", "seed", "shards",
+             "tensorboard", "out")
 
 
 def cmd_train(args) -> int:
@@ -541,7 +545,8 @@ def cmd_eval(args) -> int:
             x = binarize_static(x, seed=EVAL_BINARIZATION_SEEDS[split])  # the same fixed draw the trainer logged
         torch.manual_seed(0)
         r = evaluate(model, x.to(device), estimator=estimator, num_samples=args.num_samples)
-        result.update({f"{split}_elbo": r["elbo"], f"{split}_rec": r["rec"], f"{split}_kl": r["kl"], f"n_{split}": r["n"]})
+        result.update({f"{split}_elbo": r["elbo"], f"{split}_rec": r["rec"], f"{split}_kl": r["kl"],
+                       f"n_{split}": r["n"]})
     result["binarize"] = binarize
     result["seconds"] = round(time.perf_counter() - start, 3)
     print(json.dumps(result))

@@ -55,8 +55,10 @@ class ModelConfig:
             (self.x_dim > 0, f"x_dim must be positive, got {self.x_dim}"),
             (self.latent_dim > 0, f"latent_dim must be positive, got {self.latent_dim}"),
             (all(h > 0 for h in self.hidden), f"hidden widths must be positive, got {self.hidden}"),
-            (self.activation in ACTIVATIONS, f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}"),
-            (self.likelihood in LIKELIHOODS, f"unknown likelihood {self.likelihood!r}; choose from {', '.join(LIKELIHOODS)}"),
+            (self.activation in ACTIVATIONS,
+             f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}"),
+            (self.likelihood in LIKELIHOODS,
+             f"unknown likelihood {self.likelihood!r}; choose from {', '.join(LIKELIHOODS)}"),
             (self.init in INITS, f"unknown init {self.init!r}; choose from {', '.join(INITS)}"),
             (self.levels >= 2, f"levels must be >= 2, got {self.levels}"),
         ]

@@ -20,9 +20,9 @@ in [0, 1], then averaged over images):
   training means as probabilities).
 - superres: the observation is the f x f block average (f = 2 or 4). VAE: `iterative` (start from the bilinear
   upsampling, then repeat: encode, decode, project onto the images in [0, 1] whose block averages are the
-  observation: per block, shift all pixels by one constant and clip, the shift found by bisection) and `optimize` (z minimizing
-  |pool(mean(z)) - y|^2 / (2 obs_noise^2) - log p(z), then the same back-projection). Baselines: `nearest` and
-  `bilinear` upsampling.
+  observation: per block, shift all pixels by one constant and clip, the shift found by bisection) and `optimize`
+  (z minimizing |pool(mean(z)) - y|^2 / (2 obs_noise^2) - log p(z), then the same back-projection). Baselines:
+  `nearest` and `bilinear` upsampling.
 """
 from __future__ import annotations
 

@@ -94,6 +94,17 @@ def test_bad_idx_files(case, tmp_path, capsys):
     _nothing_left(tmp_path / "out")
 
 
+@pytest.mark.parametrize("command", [["train"], ["reproduce", "fig5"], ["eval", "RUN"]])
+def test_data_dir_that_is_not_a_folder(command, tmp_path, capsys):
+    # Without this check the search would go on in $AEVB_DATA and the cache and could train on files the user
+    # did not point at.
+    (tmp_path / "a_file").write_bytes(b"")
+    for missing in (tmp_path / "no_such_folder", tmp_path / "a_file"):
+        out = [] if command[0] == "eval" else ["--out", tmp_path / "out"]
+        _ok([*command, "--data-dir", missing, *out], capsys, f"--data-dir {missing}: no such folder")
+    _nothing_left(tmp_path / "out")
+
+
 @pytest.mark.parametrize("case, content, fragment", [
     ("no ff", {"faces": np.zeros((560, 3), np.uint8)}, "no uint8 variable 'ff'"),
     ("ff of the wrong shape", {"ff": np.zeros((28, 20), np.uint8)}, "no uint8 variable 'ff'"),

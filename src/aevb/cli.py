@@ -694,6 +694,11 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
+        data_dir = getattr(args, "data_dir", None)
+        if data_dir is not None and not Path(data_dir).is_dir():
+            # Checked here, not in load(): a folder recorded in a run's config.json may be gone on another
+            # machine, and there the search of $AEVB_DATA and the cache should go on.
+            raise UsageError(f"--data-dir {data_dir}: no such folder")
         return COMMANDS[args.command](args)
     except (DataError, runs.RunError, UsageError, ValueError, FloatingPointError) as e:
         print(f"{_who()}: error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -102,3 +102,14 @@ def test_a_bad_run_folder_fails_every_process_without_hanging(tmp_path):
     assert f"aevb: error: {tmp_path / 'nothing' / 'config.json'}: not found" in out
     assert f"aevb[rank 1]: error: {tmp_path / 'nothing' / 'config.json'}: not found" in out
     assert time.monotonic() - start < 120
+
+
+def test_a_process_that_joined_a_group_ends_with_its_status_and_its_output_flushed():
+    # end_process leaves with os._exit, which skips the flush of Python's buffers that a normal exit does
+    code = ("import sys; from aevb import distributed as d; print('written', end=''); "
+            "print('to stderr', end='', file=sys.stderr); d._joined = True; d.end_process(3); print('not reached')")
+    r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (3, "written", "to stderr")
+    code = "from aevb import distributed as d; print(d.end_process(3))"
+    r = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "3\n")

@@ -692,6 +692,12 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": 
 
 
 def main(argv=None) -> int:
+    """The `aevb` command: run it with `argv` (sys.argv[1:] when None) and return its exit status (2 for bad
+    input). A process of a torchrun job ends inside with that status (distributed.end_process)."""
+    return distributed.end_process(_run(argv))
+
+
+def _run(argv) -> int:
     args = _parser().parse_args(argv)
     try:
         data_dir = getattr(args, "data_dir", None)

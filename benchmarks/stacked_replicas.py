@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from aevb.estimators import sgvb_b
-from aevb.model import VAE, ModelConfig
+from aevb.models import VAE, ModelConfig
 
 
 class StackedLinear(nn.Module):

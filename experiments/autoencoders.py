@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from aevb import VAE, ModelConfig, TrainConfig, fit
-from aevb.autoencoders import AEConfig, Autoencoder, fit_autoencoder, reconstruction_metrics
+from aevb.paper.autoencoders import AEConfig, Autoencoder, fit_autoencoder, reconstruction_metrics
 from aevb.data import load
 from aevb.estimators import evaluate
-from aevb.plots import image_grid
+from aevb.inspect.plots import image_grid
 
 LABELS = {"ae": "AE", "dae": "DAE", "sae": "SAE", "vae": "VAE"}
 

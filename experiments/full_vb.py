@@ -21,8 +21,8 @@ import torch
 from aevb import VAE, ModelConfig, TrainConfig, fit
 from aevb.data import load
 from aevb.estimators import evaluate
-from aevb.fullvb import THETA_NOISE, FullVB, evaluate_full_vb
-from aevb.fullvb import fit as fit_full_vb
+from aevb.paper.fullvb import THETA_NOISE, FullVB, evaluate_full_vb
+from aevb.paper.fullvb import fit as fit_full_vb
 from aevb.marginal import importance_sampling
 
 METHODS = ("ml", "map", "fullvb")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from aevb import ModelConfig, TrainConfig
-from aevb.autoencoders import (AEConfig, Autoencoder, ae_loss, corrupt, fit_autoencoder, reconstruction_error,
-                               reconstruction_metrics, sparsity_penalty)
+from aevb.paper.autoencoders import (AEConfig, Autoencoder, ae_loss, corrupt, fit_autoencoder,
+                                     reconstruction_error, reconstruction_metrics, sparsity_penalty)
 from aevb.data import load
 
 

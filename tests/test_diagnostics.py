@@ -12,7 +12,7 @@ from torch.distributions import Independent, Laplace, Normal
 
 from aevb import VAE, ModelConfig
 from aevb.cli import main
-from aevb.diagnostics import _log_aggregate, active_units, amortization_gap, kl_per_dim, mutual_information
+from aevb.inspect.diagnostics import _log_aggregate, active_units, amortization_gap, kl_per_dim, mutual_information
 from aevb.estimators import evaluate
 
 from linear_gaussian import DiagonalLinearGaussian, LearnableQ

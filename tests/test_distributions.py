@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from aevb import distributions as D
-from aevb.dist_inverse_cdf import scaled_exp1
+from aevb.distributions.inverse_cdf import scaled_exp1
 
 KS_ALPHA = 1e-3
 N_KS = 2000

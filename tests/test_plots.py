@@ -6,7 +6,7 @@ import torch
 from scipy.stats import norm
 
 from aevb import VAE, ModelConfig
-from aevb.plots import image_grid, manifold_grid, sample_grid
+from aevb.inspect.plots import image_grid, manifold_grid, sample_grid
 
 
 def test_image_grid_places_tiles():
@@ -44,8 +44,8 @@ def test_sample_grid_is_decoder_mean_of_prior_draws():
 import pytest
 
 from aevb.cli import main
-from aevb.plots import (interpolation_grid, kl_figure, learning_curves_figure, project_2d, reconstruction_grid,
-                        traversal_grid)
+from aevb.inspect.plots import (interpolation_grid, kl_figure, learning_curves_figure, project_2d,
+                                reconstruction_grid, traversal_grid)
 
 
 def _tile(grid, row, col, shape, pad=1):

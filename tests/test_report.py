@@ -16,7 +16,7 @@ from aevb.cli import main
 from aevb.data import load
 from aevb.likelihoods import LIKELIHOODS
 from aevb.nets import ACTIVATIONS
-from aevb.report import _explorer_html, decoder_spec
+from aevb.inspect.report import _explorer_html, decoder_spec
 
 from browser import console_errors, full_page_screenshot, start_chromium, stop_chromium
 

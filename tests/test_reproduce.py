@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from aevb import reproduce
+from aevb.paper import reproduce
 from aevb.cli import main
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "docs" / "PAPER.md"

@@ -10,9 +10,10 @@ from scipy.stats import multivariate_normal
 
 from aevb import VAE, ModelConfig
 from aevb.cli import main
-from aevb.plots import save_image
-from aevb.restore import (_back_project, add_noise, box_filter, downsample, inpaint_importance, inpaint_iterative,
-                          inpaint_optimize, make_mask, psnr, read_images, run_task, summarize, upsample)
+from aevb.inspect.plots import save_image
+from aevb.inspect.restore import (_back_project, add_noise, box_filter, downsample, inpaint_importance,
+                                  inpaint_iterative, inpaint_optimize, make_mask, psnr, read_images, run_task,
+                                  summarize, upsample)
 
 from linear_gaussian import LinearGaussian
 

@@ -13,7 +13,7 @@ import math
 import torch
 from torch.distributions import Independent, Normal
 
-from aevb.estimators import wake_sleep
+from aevb.paper.wake_sleep import wake_sleep
 
 from linear_gaussian import DiagonalLinearGaussian, LearnableQ
 

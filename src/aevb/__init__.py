@@ -1,10 +1,14 @@
-"""aevb: Auto-Encoding Variational Bayes (Kingma & Welling, 2013) in PyTorch."""
-__version__ = "0.1.0"
+"""aevb: Auto-Encoding Variational Bayes (Kingma & Welling, 2013) in PyTorch.
 
-from .estimators import ESTIMATORS, evaluate, iwae, sgvb_a, sgvb_b  # noqa: E402
-from .model import VAE, ModelConfig  # noqa: E402
-from .runs import load_run  # noqa: E402
-from .train import TrainConfig, fit  # noqa: E402
+The public API: the model (`VAE`, `ModelConfig`), the estimators (`sgvb_a`, `sgvb_b`, `iwae`, `evaluate`), training
+(`TrainConfig`, `fit`) and `load_run`. docs/architecture.md maps the package's layers.
+"""
+from .version import __version__
+from .estimators import ESTIMATORS, evaluate, iwae, sgvb_a, sgvb_b
+from .models import VAE, ModelConfig
+from .load import load_run
+from .train import TrainConfig, fit
+from .paper import wake_sleep as _wake_sleep  # noqa: F401  (registers the paper's baseline as an estimator)
 
 __all__ = ["VAE", "ModelConfig", "TrainConfig", "fit", "load_run", "sgvb_a", "sgvb_b", "iwae", "evaluate",
            "ESTIMATORS", "__version__"]

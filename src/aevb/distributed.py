@@ -86,9 +86,9 @@ def end_process(code: int) -> int:
     A process of a torchrun job must not reach interpreter finalization: the worker threads of gloo outlive
     destroy_process_group (DistributedDataParallel keeps the group referenced from C++), and a worker that drops
     the tensors of a finished collective while the interpreter finalizes takes the GIL from a finalizing
-    interpreter, which aborts the process (std::terminate, SIGABRT; measured in 4 of 80 two-process runs, after
-    every file of the run was written). So such a process flushes stdout and stderr and leaves with os._exit;
-    every file the command writes is complete and closed before this point. Other processes return `code`.
+    interpreter, which aborts the process (std::terminate, SIGABRT, after every file of the run was written). So
+    such a process flushes stdout and stderr and leaves with os._exit; every file the command writes is complete
+    and closed before this point. Other processes return `code`.
     """
     if not _joined:
         return code

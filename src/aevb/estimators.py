@@ -5,7 +5,9 @@ Each estimator is `(model, x, *, num_samples, gradient) -> dict` with a scalar `
 `gradient` picks the gradient estimator: "standard" (plain reparameterization), "stl" (sticking the landing,
 Roeder et al. 2017: the score term of log q is dropped by evaluating q's density with stopped parameters) or
 "dreg" (doubly reparameterized, Tucker et al. 2019, for iwae). All three have the same expected gradient.
-`wake_sleep` shares the signature so the trainer can run the paper's baseline, but it is not an ELBO estimator.
+Each estimator is registered in `ESTIMATORS` with the facts the trainer needs: the gradients it allows and
+whether it needs an analytic KL. The paper's wake-sleep baseline (aevb.paper.wake_sleep) registers itself with
+the same signature; it is not an ELBO estimator.
 """
 from __future__ import annotations
 
@@ -14,16 +16,31 @@ import math
 import torch
 from torch.distributions import kl_divergence
 
-from .kl import has_analytic_kl
-
 GRADIENTS = ("standard", "stl", "dreg")
+ESTIMATORS: dict = {}
 
 
-def _check(num_samples: int, gradient: str, allowed: tuple[str, ...]) -> None:
+def register(name: str, *, gradients: tuple[str, ...], analytic_kl: bool = False):
+    """Register an estimator `(model, x, *, num_samples, gradient) -> dict` under `name`, with the gradient
+    estimators it allows (`fn.gradients`) and whether it needs a closed-form KL (`fn.analytic_kl`)."""
+    def decorate(fn):
+        fn.gradients, fn.analytic_kl = tuple(gradients), analytic_kl
+        ESTIMATORS[name] = fn
+        return fn
+    return decorate
+
+
+def check_args(num_samples: int, gradient: str, allowed: tuple[str, ...]) -> None:
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if gradient not in allowed:
         raise ValueError(f"gradient {gradient!r} is not available here; choose from {', '.join(allowed)}")
+
+
+def analytic_kl(model) -> bool | None:
+    """Whether the model's (q, prior) pair has a closed-form KL, as the model states it (`has_analytic_kl`);
+    None for a model that does not say."""
+    return getattr(model, "has_analytic_kl", None)
 
 
 def _sample(model, x, num_samples: int, gradient: str):
@@ -40,6 +57,7 @@ def _sample(model, x, num_samples: int, gradient: str):
     return q, q.rsample((num_samples,)), model.posterior(raw.detach())
 
 
+@register("sgvb_a", gradients=("standard", "stl"))
 def sgvb_a(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "standard") -> dict:
     """Estimator A (eq. 6): (1/L) sum_l [log p(x, z_l) - log q(z_l|x)], z_l = g(eps_l, x).
 
@@ -47,7 +65,7 @@ def sgvb_a(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "sta
         dict with `loss` (scalar), and (B,) detached `elbo`, `rec` = mean log p(x|z_l), `kl` = mean of
         log q(z_l|x) - log p(z_l) (a Monte Carlo KL).
     """
-    _check(num_samples, gradient, ("standard", "stl"))
+    check_args(num_samples, gradient, sgvb_a.gradients)
     _, z, q_density = _sample(model, x, num_samples, gradient)
     rec = model.decode(z).log_prob(x)  # (L, B)
     kl = q_density.log_prob(z) - model.prior().log_prob(z)  # (L, B)
@@ -55,6 +73,7 @@ def sgvb_a(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "sta
     return {"loss": -elbo.mean(), "elbo": elbo.detach(), "rec": rec.mean(0).detach(), "kl": kl.mean(0).detach()}
 
 
+@register("sgvb_b", gradients=("standard", "stl"), analytic_kl=True)
 def sgvb_b(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "standard") -> dict:
     """Estimator B (eq. 7): -KL(q(z|x) || p(z)) + (1/L) sum_l log p(x|z_l), with the KL in closed form.
 
@@ -65,13 +84,10 @@ def sgvb_b(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "sta
     Raises:
         ValueError: the pair (q, prior) has no analytic KL (use sgvb_a).
     """
-    _check(num_samples, gradient, ("standard", "stl"))
+    check_args(num_samples, gradient, sgvb_b.gradients)
     q, z, q_density = _sample(model, x, num_samples, gradient)
     prior = model.prior()
-    if not has_analytic_kl(q, prior):  # asked, not caught: torch.compile cannot resume a graph break in a try
-        raise ValueError(f"estimator sgvb_b needs an analytic KL, and there is none for "
-                         f"{_name(q)} || {_name(prior)}; use sgvb_a")
-    kl = kl_divergence(q, prior)  # (B,)
+    kl = _closed_form_kl(model, q, prior)  # (B,)
     if gradient == "stl":
         kl = kl + q.entropy() + q_density.log_prob(z).mean(0)  # analytic cross-entropy, path-derivative entropy
     rec = model.decode(z).log_prob(x).mean(0)  # (B,)
@@ -79,6 +95,7 @@ def sgvb_b(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "sta
     return {"loss": -elbo.mean(), "elbo": elbo.detach(), "rec": rec.detach(), "kl": kl.detach()}
 
 
+@register("iwae", gradients=("standard", "dreg"))
 def iwae(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "standard") -> dict:
     """Importance-weighted bound (Burda et al. 2016): log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x).
 
@@ -88,7 +105,7 @@ def iwae(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "stand
     Returns `log_w` (K, B) besides `elbo` (the K-sample bound), `rec` and `kl` (sample means).
     """
     # STL is biased for the importance-weighted bound when K > 1 (Tucker et al. 2019); DReG is its unbiased form.
-    _check(num_samples, gradient, ("standard", "dreg"))
+    check_args(num_samples, gradient, iwae.gradients)
     _, z, q_density = _sample(model, x, num_samples, gradient)
     rec = model.decode(z).log_prob(x)  # (K, B)
     kl = q_density.log_prob(z) - model.prior().log_prob(z)  # (K, B)
@@ -105,56 +122,45 @@ def iwae(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "stand
             "log_w": log_w.detach()}
 
 
-def wake_sleep(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "standard") -> dict:
-    """The wake-sleep baseline (Hinton, Dayan, Frey & Neal 1995; the original, not reweighted) as one loss.
-
-    Wake: z ~ q(z|x) without a path to the encoder; the decoder ascends log p(x, z) = log p(x|z) + log p(z).
-    Sleep: dream z ~ p(z), x~ ~ p(x|z) (one dream per datapoint of the minibatch, all without gradient); the
-    encoder ascends log q(z|x~). Each term reaches only its own parameters, so one backward pass and one
-    optimizer step make both updates. Not a bound: the returned `elbo` is estimator A's value at the wake
-    samples, for the running display (the trainer logs the standard ELBO).
-    """
-    _check(num_samples, gradient, ("standard",))
-    q, prior = model.encode(x), model.prior()
-    with torch.no_grad():
-        z = q.sample((num_samples,))  # (L, B, Dz)
-        dream_z = prior.sample(x.shape[:1])  # (B, Dz)
-        dream_x = model.decode(dream_z).sample()  # (B, D)
-    rec = model.decode(z).log_prob(x)  # (L, B)
-    log_prior = prior.log_prob(z)
-    wake = (rec + log_prior).mean(0)  # (B,)
-    sleep = model.encode(dream_x).log_prob(dream_z)  # (B,)
-    with torch.no_grad():
-        kl = (q.log_prob(z) - log_prior).mean(0)
-    return {"loss": -(wake.mean() + sleep.mean()), "elbo": rec.mean(0).detach() - kl, "rec": rec.mean(0).detach(),
-            "kl": kl}
-
-
-ESTIMATORS = {"sgvb_a": sgvb_a, "sgvb_b": sgvb_b, "iwae": iwae, "wake_sleep": wake_sleep}
-
-
 def _name(dist) -> str:
     base = getattr(dist, "base_dist", dist)
     return type(base).__name__
 
 
-def resolve_estimator(name: str, model, x_dim: int) -> str:
-    """Turn "auto" into sgvb_b where the (q, prior) pair has an analytic KL and sgvb_a otherwise.
+def _closed_form_kl(model, q, prior):
+    """KL(q || prior) in closed form; a ValueError naming the pair where there is none (never Monte Carlo)."""
+    known = analytic_kl(model)
+    if known is False:  # asked, not caught: torch.compile cannot resume a graph break in a try
+        raise ValueError(f"estimator sgvb_b needs an analytic KL, and there is none for "
+                         f"{_name(q)} || {_name(prior)}; use sgvb_a")
+    if known:
+        return kl_divergence(q, prior)
+    try:  # a model that does not state it
+        return kl_divergence(q, prior)
+    except NotImplementedError:
+        raise ValueError(f"estimator sgvb_b needs an analytic KL, and there is none for "
+                         f"{_name(q)} || {_name(prior)}; use sgvb_a") from None
+
+
+def resolve_estimator(name: str, model) -> str:
+    """Turn "auto" into sgvb_b where the model's (q, prior) pair has an analytic KL and sgvb_a otherwise; the
+    model states it (`model.has_analytic_kl`, decided from its families, without running the encoder). A model
+    that does not state it gets sgvb_a.
 
     Raises:
-        ValueError: sgvb_b was asked for and the pair has no analytic KL (never a silent switch).
+        ValueError: an unknown estimator, or one that needs an analytic KL for a pair without one (never a silent
+            switch).
     """
     if name not in ESTIMATORS and name != "auto":
         raise ValueError(f"unknown estimator {name!r}; choose from auto, {', '.join(ESTIMATORS)}")
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        q, prior = model.encode(torch.zeros(1, x_dim, device=device)), model.prior()
-    analytic = has_analytic_kl(q, prior)
+    analytic = bool(analytic_kl(model))
     if name == "auto":
         return "sgvb_b" if analytic else "sgvb_a"
-    if name == "sgvb_b" and not analytic:
-        raise ValueError(f"estimator sgvb_b needs an analytic KL, and there is none for {_name(q)} || "
-                         f"{_name(prior)}; use --estimator sgvb_a (or auto)")
+    if ESTIMATORS[name].analytic_kl and analytic_kl(model) is False:
+        c = getattr(model, "config", None)
+        pair = f"the {c.posterior} posterior with the {c.prior} prior" if c is not None else "this model's pair"
+        raise ValueError(f"estimator {name} needs an analytic KL, and there is none for {pair}; use --estimator "
+                         "sgvb_a (or auto)")
     return name
 
 

@@ -22,9 +22,11 @@ class GreyLevelBernoulli(Bernoulli):
 
 
 class _Head(nn.Module):
-    """An output layer `out` and `from_outputs`; p(x|h) = from_outputs(out(h))."""
+    """An output layer `out` and `from_outputs`; p(x|h) = from_outputs(out(h)). `support` is the set of data
+    values the likelihood models (the trainer refuses data outside it)."""
 
     out: nn.Linear
+    support = constraints.real
 
     def forward(self, h: torch.Tensor) -> Independent:
         return self.from_outputs(self.out(h))
@@ -38,9 +40,8 @@ def _softplus_sum(a: torch.Tensor) -> torch.Tensor:
     """sum_d softplus(a_d) over the last dim as sum_d max(a_d, 0) + sum_groups log prod_d (1 + exp(-|a_d|)).
 
     One exp per element and one log per group of up to 64 elements, instead of an exp and a log1p per element:
-    under torch.compile it is one fused loop, 2.2x faster than softplus on the 2-core CPU for (2600, 784) logits
-    when the group size divides D (56 for MNIST's 784 and Frey Face's 560; padding to a multiple of 64 measured
-    slower than softplus, so D without a divisor in [16, 64] falls back to softplus). Each factor lies in (1, 2],
+    under torch.compile it is one fused loop, used when the group size divides D (56 for MNIST's 784 and Frey
+    Face's 560; D without a divisor in [16, 64] falls back to softplus). Each factor lies in (1, 2],
     so a product of 64 stays below 2^64 in float32. Rounding: a product of n factors is off by about n ulp, and
     1 + exp(-|a|) drops an exp(-|a|) below one ulp of 1, so the sum can come out low by at most D ulp(1) (5e-5
     nats for MNIST in float32). At a_d = 0 exactly autograd gives this form the subgradient 0 instead of
@@ -56,6 +57,8 @@ def _softplus_sum(a: torch.Tensor) -> torch.Tensor:
 
 class BernoulliHead(_Head):
     """Bernoulli MLP decoder output: logits = W h + b (the sigmoid lives inside the log-probability)."""
+
+    support = constraints.unit_interval  # grey levels (the paper's cross-entropy), or the continuous Bernoulli's
 
     def __init__(self, in_dim: int, x_dim: int, dist=GreyLevelBernoulli):
         super().__init__()
@@ -122,6 +125,8 @@ class GreyLevels(Categorical):
 class CategoricalHead(_Head):
     """Softmax over K grey levels for each pixel: logits = W h + b reshaped to (..., D, K)."""
 
+    support = constraints.unit_interval
+
     def __init__(self, in_dim: int, x_dim: int, levels: int):
         super().__init__()
         self.out = nn.Linear(in_dim, x_dim * levels)
@@ -140,3 +145,12 @@ LIKELIHOODS = {
     "gaussian-sigmoid": lambda in_dim, x_dim, levels=0: GaussianHead(in_dim, x_dim, sigmoid_mean=True),
     "categorical": lambda in_dim, x_dim, levels=16: CategoricalHead(in_dim, x_dim, levels),
 }
+
+# The head class of each likelihood (its facts, such as `support`, without building it).
+HEAD_CLASSES = {"bernoulli": BernoulliHead, "continuous-bernoulli": BernoulliHead, "gaussian": GaussianHead,
+                "gaussian-sigmoid": GaussianHead, "categorical": CategoricalHead}
+
+
+def data_support(name: str):
+    """The constraint data must satisfy for the likelihood `name` (unit interval for grey levels, real otherwise)."""
+    return HEAD_CLASSES[name].support

@@ -1,6 +1,7 @@
 """The run folder: config.json, metrics.jsonl, weights (safetensors) and the resumable checkpoint.
 
-Everything a later command needs lives here, so `eval`, `sample` and `--resume` never repeat a flag.
+Everything a later command needs lives here, so `eval`, `sample` and `--resume` never repeat a flag. This module
+reads and writes the files; `aevb.load.load_run` turns a folder back into a model.
 Files are written atomically (temporary file, flush, fsync, rename, fsync of the folder), so a kill at any moment
 leaves the old file or the new one; metrics.jsonl is appended line by line and a torn last line is ignored.
 The checkpoint is one file: tensors plus the training state as JSON in the safetensors header. Nothing is ever
@@ -26,7 +27,6 @@ CHECKPOINT = "checkpoint.safetensors"
 STATE = "checkpoint.json"  # the training state of format 1 checkpoints (read only; now in CHECKPOINT's header)
 STATE_KEY = "aevb.state"  # safetensors header metadata key holding the training state as JSON
 TEMP_SUFFIX = ".tmp"
-
 
 
 class RunError(Exception):
@@ -259,52 +259,3 @@ def truncate_metrics(run_dir: Path, keep: int | None = None, *, max_samples: int
     if path.exists() and path.read_text() != text:
         _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return kept
-
-
-def load_run(path, *, device: str | torch.device = "cpu"):
-    """Rebuild a trained model from its run folder.
-
-    Args:
-        path: the run folder written by `aevb train`.
-        device: where to put the model.
-
-    Returns:
-        (model, config): the VAE in eval mode with its weights loaded, and the run's config dict
-        (keys `model`, `train`, `data`, ...).
-
-    Raises:
-        RunError: the folder is missing, of another format version, or its weights are not safetensors matching
-            the config.
-    """
-    from .model import VAE
-
-    cfg = read_config(Path(path))
-    model = VAE(model_config(cfg, path))
-    state = read_tensors(Path(path) / WEIGHTS)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise RunError(f"{path}: weights do not match the config ({_short(e)})") from None
-    if missing or unexpected:
-        raise RunError(f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
-    return model.to(device).eval(), cfg
-
-
-def model_config(cfg: dict, run_dir):
-    """The ModelConfig of a run's config dict; a tampered or foreign section is a RunError."""
-    from .model import ModelConfig
-
-    try:
-        return ModelConfig.from_dict(cfg["model"])
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
-        raise RunError(f"{Path(run_dir) / CONFIG}: invalid model section ({_short(e)})") from None
-
-
-def train_config(cfg: dict, run_dir):
-    """The TrainConfig of a run's config dict; a tampered or foreign section is a RunError."""
-    from .train import TrainConfig
-
-    try:
-        return TrainConfig.from_dict(cfg["train"])
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
-        raise RunError(f"{Path(run_dir) / CONFIG}: invalid train section ({_short(e)})") from None

@@ -1,0 +1,54 @@
+"""The `aevb` command: train, eval, sample, plot, report, restore and reproduce. It parses flags, builds configs,
+calls the library and prints; nothing in the library imports it.
+
+`parser.py` builds the parser (train's run-defining flags from the option declarations); one module per group of
+subcommands holds their `cmd_*` functions.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .. import distributed, runs
+from ..data import DataError
+from .common import UsageError
+from .evaluate import cmd_eval, cmd_sample
+from .inspecting import cmd_plot, cmd_report, cmd_restore
+from .paper import cmd_reproduce
+from .parser import build_parser
+from .train import cmd_train
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot, "report": cmd_report,
+            "restore": cmd_restore, "reproduce": cmd_reproduce}
+
+__all__ = ["COMMANDS", "UsageError", "build_parser", "main"]
+
+
+def main(argv=None) -> int:
+    """The `aevb` command: run it with `argv` (sys.argv[1:] when None) and return its exit status (2 for bad
+    input). A process of a torchrun job ends inside with that status (distributed.end_process)."""
+    return distributed.end_process(_run(argv))
+
+
+def _run(argv) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        data_dir = getattr(args, "data_dir", None)
+        if data_dir is not None and not Path(data_dir).is_dir():
+            # Checked here, not in load(): a folder recorded in a run's config.json may be gone on another
+            # machine, and there the search of $AEVB_DATA and the cache should go on.
+            raise UsageError(f"--data-dir {data_dir}: no such folder")
+        return COMMANDS[args.command](args)
+    except (DataError, runs.RunError, UsageError, ValueError, FloatingPointError) as e:
+        print(f"{_who()}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{_who()}: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
+        return 130
+
+
+def _who() -> str:
+    """'aevb', or 'aevb[rank R]' for the processes of a torchrun job other than rank 0."""
+    rank = int(os.environ.get("RANK", "0") or 0) if distributed.launched() else 0
+    return f"aevb[rank {rank}]" if rank else "aevb"

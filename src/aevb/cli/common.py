@@ -1,0 +1,54 @@
+"""What every subcommand shares: the one-line usage error, the device and data lookups."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..data import load
+
+
+class UsageError(Exception):
+    """Bad option values found after parsing; reported in one line with exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `aevb: error: ...` and exit code 2 (no usage block)."""
+
+    def error(self, message):
+        hint = f" (see {self.prog} --help)"
+        self.exit(2, f"aevb: error: {' '.join(message.split())}{hint}\n")
+
+
+def device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        raise UsageError(f"--device {name}: not available here ({str(e).splitlines()[0]})") from None
+    return dev
+
+
+def load_data(data_cfg: dict, data_dir):
+    """The data set a run's config names (its `data` section), from `data_dir` or aevb's search path."""
+    return load(data_cfg["dataset"], split=data_cfg["split"], data_dir=data_dir)
+
+
+def check_positive(**flags) -> None:
+    """A UsageError naming the first flag whose value is below 1."""
+    for name, value in flags.items():
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def check_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                         "(or aevb[tensorboard])") from None
+
+
+def compile_failed(e: Exception) -> UsageError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return UsageError(f"--compile: torch.compile failed ({type(e).__name__}: {first}); run without --compile")

@@ -1,0 +1,110 @@
+"""`aevb eval` (the ELBO, log p(x) by a chosen estimator, or posterior diagnostics) and `aevb sample`."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import binarize_static
+from ..estimators import evaluate, resolve_estimator
+from ..inspect.diagnostics import diagnose
+from ..inspect.plots import sample_grid, save_image
+from ..load import load_run
+from ..marginal import log_likelihood
+from ..train import EVAL_BINARIZATION_SEEDS
+from .common import UsageError, compile_failed, device as get_device, load_data
+
+
+K_NAMES = {"is": "num_samples", "hmc": "num_samples", "ais": "num_chains"}
+
+
+def _eval_marginal(args, model, config, ds, device) -> dict:
+    """log p(x) on one split by the chosen estimator, with the ELBO and bits/dim of the same datapoints."""
+    x = ds.test if args.split == "test" else ds.train
+    binarize = config["train"].get("binarize", "none")
+    if binarize != "none":
+        x = binarize_static(x, seed=EVAL_BINARIZATION_SEEDS[args.split])
+    x = x[: args.limit].to(device) if args.limit else x.to(device)
+    kw = {"seed": args.seed} if args.method != "grid" else {}
+    if args.k is not None and args.method in K_NAMES:
+        kw[K_NAMES[args.method]] = args.k
+    if args.method == "is":
+        kw.update(progress=True, compile=args.compile)
+    start = time.perf_counter()
+    try:
+        r = log_likelihood(model, x, args.method, **kw)
+    except torch._dynamo.exc.TorchDynamoException as e:  # only --compile reaches torch.compile
+        raise compile_failed(e) from None
+    seconds = time.perf_counter() - start
+    torch.manual_seed(args.seed)
+    elbo = evaluate(model, x, estimator=resolve_estimator("auto", model), num_samples=args.num_samples)
+    k = kw.get(K_NAMES.get(args.method, ""), None)
+    return {"run": str(args.run), "method": args.method, "k": k, "split": args.split, "n": int(x.shape[0]),
+            "log_likelihood": r["mean"], "stderr": r["stderr"], "nll": -r["mean"], "elbo": elbo["elbo"],
+            "bits_per_dim": -r["mean"] / (x.shape[1] * math.log(2)),
+            "binarization": f"static, seed {EVAL_BINARIZATION_SEEDS[args.split]}" if binarize != "none" else "none",
+            "seconds": round(seconds, 3),
+            **{key: v for key, v in r.items() if key not in ("log_px", "mean", "stderr") and not torch.is_tensor(v)}}
+
+
+def _eval_diagnostics(args, model, config, ds, device) -> dict:
+    for flag, v in (("--gap-points", args.gap_points), ("--gap-is", args.gap_is)):
+        if v < 0:
+            raise UsageError(f"{flag} must be >= 0, got {v}")
+    if args.gap_steps < 1:
+        raise UsageError(f"--gap-steps must be >= 1, got {args.gap_steps}")
+    x = ds.test if args.split == "test" else ds.train
+    binarize = config["train"].get("binarize", "none")
+    if binarize != "none":
+        x = binarize_static(x, seed=EVAL_BINARIZATION_SEEDS[args.split])
+    x = x[: args.limit].to(device) if args.limit else x.to(device)
+    start = time.perf_counter()
+    result = diagnose(model, x, gap_points=args.gap_points, gap_steps=args.gap_steps, gap_is_samples=args.gap_is,
+                      seed=args.seed)
+    return {"run": str(args.run), "split": args.split, **result, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def cmd_eval(args) -> int:
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.diagnostics and args.method:
+        raise UsageError("--diagnostics and --method are separate evaluations; give one of them")
+    if args.compile and args.method != "is":
+        raise UsageError("--compile applies to --method is")
+    device = get_device(args.device)
+    model, config = load_run(args.run, device=device)
+    ds = load_data(config["data"], args.data_dir or config["data"]["data_dir"])
+    if args.diagnostics:
+        print(json.dumps(_eval_diagnostics(args, model, config, ds, device)))
+        return 0
+    if args.method:
+        print(json.dumps(_eval_marginal(args, model, config, ds, device)))
+        return 0
+    binarize = config["train"].get("binarize", "none")
+    start = time.perf_counter()
+    estimator = resolve_estimator("auto", model)
+    result = {"run": str(args.run), "num_samples": args.num_samples, "estimator": estimator}
+    for split, x in (("train", ds.train), ("test", ds.test)):
+        if binarize != "none":
+            x = binarize_static(x, seed=EVAL_BINARIZATION_SEEDS[split])  # the same fixed draw the trainer logged
+        torch.manual_seed(0)
+        r = evaluate(model, x.to(device), estimator=estimator, num_samples=args.num_samples)
+        result.update({f"{split}_elbo": r["elbo"], f"{split}_rec": r["rec"], f"{split}_kl": r["kl"],
+                       f"n_{split}": r["n"]})
+    result["binarize"] = binarize
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    if args.n < 1:
+        raise UsageError(f"--n must be >= 1, got {args.n}")
+    model, config = load_run(args.run)
+    out = Path(args.out or Path(args.run) / "samples.png")
+    save_image(out, sample_grid(model, tuple(config["data"]["image_shape"]), n=args.n, seed=args.seed))
+    print(out)
+    return 0

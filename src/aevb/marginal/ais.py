@@ -1,0 +1,71 @@
+"""Annealed importance sampling from p(z) to p(z|x) with HMC transitions."""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from .common import PILOT_CHAINS, _check_positive, _evaluating, _logmeanexp, _summary
+from .hmc import hmc_step, Joint
+
+
+def sigmoid_schedule(num_steps: int, sharpness: float = 4.0) -> torch.Tensor:
+    """beta_0 = 0 < ... < beta_T = 1, sigmoid-spaced (Grosse et al. 2015): dense near both ends. (T + 1,) float64."""
+    s = torch.sigmoid(torch.linspace(-sharpness, sharpness, num_steps + 1, dtype=torch.float64))
+    return (s - s[0]) / (s[-1] - s[0])
+
+
+def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, leapfrog_steps: int = 10,
+        step_size: float = 0.1, adapt: bool = True, target_accept: float = 0.65, seed: int | None = None,
+        batch_size: int = 100) -> dict:
+    """Annealed importance sampling (Neal 2001) from p(z) to p(z|x) along f_t(z) = p(z) p(x|z)^beta_t.
+
+    Each chain starts at z ~ p(z), adds (beta_t - beta_{t-1}) log p(x|z) to its log weight, then makes one HMC
+    transition that leaves f_t invariant; log p(x) ~= logmeanexp over chains of the log weights, a stochastic
+    lower bound. With `adapt` each datapoint's step size moves multiplicatively toward `target_accept` after
+    every transition, driven by PILOT_CHAINS extra chains whose weights are discarded: a step size driven by the
+    weighted chains themselves depends on their states and biases log p(x) upward (measured: +0.1 nats).
+
+    Args:
+        model: follows the contract prior() / encode(x) / decode(z); a model that also has log_likelihood(z, x)
+            (VAE does) is evaluated through it, same value in fewer passes.
+        x: (N, D) data, processed `batch_size` datapoints at a time.
+        num_steps: T, the number of temperatures after beta_0 = 0 (sigmoid-spaced).
+        num_chains: independent weighted chains per datapoint.
+        leapfrog_steps: leapfrog steps per HMC transition.
+        step_size: the initial (with `adapt`) or fixed leapfrog step size.
+        seed: seed of a private RNG stream (None: the global one).
+
+    Returns:
+        dict with (N,) `log_px` and `step_size` (final), floats `mean`, `stderr` and `accept_rate`.
+    """
+    _check_positive(num_steps=num_steps, num_chains=num_chains, leapfrog_steps=leapfrog_steps,
+                    batch_size=batch_size)
+    betas = sigmoid_schedule(num_steps).tolist()
+    pilots = PILOT_CHAINS if adapt else 0
+    outs = []
+    with _evaluating(model, seed, x.device):
+        for xb in x.split(batch_size):
+            joint = Joint(model, xb)
+            z0 = joint.prior.sample((num_chains + pilots, xb.shape[0]))  # (C + P, B, Dz)
+            outs.append(_ais_batch(joint, z0, betas, leapfrog_steps, step_size, num_chains, target_accept))
+    log_px, accept, eps = (torch.cat(t) for t in zip(*outs))
+    return _summary(log_px, accept_rate=float(accept.double().mean()), step_size=eps)
+
+
+def _ais_batch(joint: Joint, z0, betas, steps, step_size, num_chains, target_accept):
+    """Chains [:num_chains] carry the weights; any further (pilot) chains only tune the step size."""
+    u = joint.to_u(z0)  # (C + P, B, Du)
+    eps = u.new_full((1, u.shape[1], 1), step_size)  # per datapoint, shared by its chains
+    log_w = u.new_zeros((num_chains, u.shape[1]))  # (C, B)
+    log_lik = joint(u, 0.0).log_lik
+    accept = u.new_zeros(u.shape[1])
+    for beta_prev, beta in zip(betas[:-1], betas[1:]):
+        log_w += (beta - beta_prev) * log_lik[:num_chains]
+        target = partial(joint, beta=beta)
+        u, state, a = hmc_step(target, u, target(u), eps, steps)
+        log_lik = state.log_lik
+        accept += a[:num_chains].mean(0)
+        if u.shape[0] > num_chains:
+            eps = eps * torch.exp(a[num_chains:].mean(0) - target_accept).view(1, -1, 1)
+    return _logmeanexp(log_w), accept / (len(betas) - 1), eps.view(-1)

@@ -1,0 +1,212 @@
+"""Hamiltonian Monte Carlo on the posterior p(z|x), and the paper's HMC estimator of log p(x) (Appendix D)."""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Callable, NamedTuple
+
+import torch
+from torch.distributions import biject_to
+
+from .common import (DENSITIES, JITTER, KDE_FACTORS, _check_positive, _chunk_size, _evaluating, _log_likelihood,
+                     _logmeanexp, _summary)
+
+
+class _State(NamedTuple):
+    """Where a chain is: log target, its gradient, and log p(x|z) (for the AIS weights)."""
+
+    log_f: torch.Tensor  # (..., B)
+    grad: torch.Tensor  # (..., B, Du)
+    log_lik: torch.Tensor  # (..., B)
+
+    def where(self, keep: torch.Tensor, other: "_State") -> "_State":
+        return _State(torch.where(keep, self.log_f, other.log_f),
+                      torch.where(keep.unsqueeze(-1), self.grad, other.grad),
+                      torch.where(keep, self.log_lik, other.log_lik))
+
+
+class Joint:
+    """log p(z) + beta log p(x|z) in unconstrained coordinates u (z = T(u), T = biject_to(prior support)).
+
+    The prior's density picks up log |dz/du|, so HMC can move freely; for a real-valued prior T is the identity.
+    """
+
+    def __init__(self, model, x: torch.Tensor):
+        self.model, self.x = model, x
+        self.prior = model.prior()
+        self.transform = biject_to(self.prior.support)
+
+    def to_u(self, z: torch.Tensor) -> torch.Tensor:
+        return self.transform.inv(z)
+
+    def __call__(self, u: torch.Tensor, beta: float = 1.0) -> _State:
+        with torch.enable_grad():
+            u = u.detach().requires_grad_(True)
+            z = self.transform(u)
+            log_prior = self.prior.log_prob(z) + self.transform.log_abs_det_jacobian(u, z)
+            log_lik = _log_likelihood(self.model, z, self.x)
+            log_f = log_prior + beta * log_lik
+            (grad,) = torch.autograd.grad(log_f.sum(), u)
+        return _State(log_f.detach(), grad, log_lik.detach())
+
+
+Target = Callable[[torch.Tensor], _State]
+
+
+def _leapfrog(target: Target, u, p, state: _State, eps, steps: int):
+    """`steps` leapfrog steps of size eps (broadcast over (..., B, 1)) for H(u, p) = -log f(u) + |p|^2 / 2."""
+    p = p + 0.5 * eps * state.grad
+    for i in range(steps):
+        u = u + eps * p
+        state = target(u)
+        p = p + (eps if i < steps - 1 else 0.5 * eps) * state.grad
+    return u, p, state
+
+
+def _log_accept(state0: _State, p0, state1: _State, p1) -> torch.Tensor:
+    log_a = state1.log_f - state0.log_f - 0.5 * (p1.square().sum(-1) - p0.square().sum(-1))
+    return torch.nan_to_num(log_a, nan=-math.inf).clamp(max=0.0)  # a diverged trajectory is rejected
+
+
+def hmc_step(target: Target, u, state: _State, eps, steps: int):
+    """One Metropolis-corrected HMC transition (Neal 2011). Returns the new (u, state) and acceptance probabilities.
+
+    The step size is jittered by up to JITTER either way (independently of the state, so the chain stays
+    reversible): a fixed trajectory length near half a period of a narrow direction would only bounce.
+    """
+    eps = eps * (1 + JITTER * (2 * torch.rand_like(eps) - 1))
+    p = torch.randn_like(u)
+    u1, p1, state1 = _leapfrog(target, u, p, state, eps, steps)
+    log_a = _log_accept(state, p, state1, p1)
+    accept = torch.rand_like(log_a).log() < log_a
+    return torch.where(accept.unsqueeze(-1), u1, u), state1.where(accept, state), log_a.exp()
+
+
+def _initial_step_size(target: Target, u, state: _State, steps: int, target_accept: float,
+                       num_momenta: int = 16, max_iter: int = 40) -> torch.Tensor:
+    """Per datapoint, multiply or divide eps by sqrt(2), starting from 1, until the mean acceptance probability of
+    a full jittered trajectory (over `num_momenta` momenta) crosses `target_accept`, and keep the last eps on the
+    high-acceptance side; after Hoffman & Gelman (2014, Alg. 4), who use a single leapfrog step and 1/2.
+    u is (B, Du); returns eps (B, 1)."""
+    eps = u.new_ones(u.shape[:-1]).unsqueeze(-1)
+    u_rep = u.expand(num_momenta, *u.shape)  # (M, B, Du)
+    state_rep = _State(*(t.expand(num_momenta, *t.shape) for t in state))
+
+    def accept(eps):
+        p = torch.randn_like(u_rep)
+        jittered = eps * (1 + JITTER * (2 * torch.rand_like(u_rep[..., :1]) - 1))  # (M, B, 1)
+        _, p1, state1 = _leapfrog(target, u_rep, p, state_rep, jittered, steps)
+        return _log_accept(state_rep, p, state1, p1).exp().mean(0)  # (B,)
+
+    a = accept(eps)
+    up = a > target_accept  # grow while acceptance stays above the target, else shrink until it is above
+    factor = torch.where(up, math.sqrt(2), math.sqrt(0.5)).to(eps.dtype).unsqueeze(-1)
+    for _ in range(max_iter):
+        moving = (a > target_accept) == up
+        if not moving.any():
+            break
+        eps = torch.where(moving.unsqueeze(-1), eps * factor, eps)
+        a = torch.where(moving, accept(eps), a)
+    return torch.where(up.unsqueeze(-1), eps / factor, eps)  # the growing ones overshot by one step
+
+
+# --- the paper's estimator (Appendix D) ----------------------------------------------------------------------
+
+def hmc_estimator(model, x: torch.Tensor, *, num_samples: int = 50, leapfrog_steps: int = 4, burn_in: int = 5,
+                  target_accept: float = 0.9, density: str = "auto", seed: int | None = None,
+                  batch_size: int = 100) -> dict:
+    """Appendix D: posterior samples by HMC, a density q(z) fitted to them, then
+    p(x) ~= [ (1/L) sum_l q(z_l) / (p(z_l) p(x|z_l)) ]^-1 over fresh posterior samples z_l.
+
+    Per datapoint one chain starts at an encoder sample, runs `burn_in` transitions while its step size adapts
+    multiplicatively toward `target_accept` (then frozen), and collects `num_samples` states. q is fitted to the
+    first half; the second half gives log p(x) = -logmeanexp_l [log q(z_l) - log p(x, z_l)]. By Jensen the
+    estimate is biased upward; the paper calls it reliable only for low-dimensional z (< 5). All chains of a batch
+    move together. For priors with constrained support everything happens in unconstrained coordinates.
+
+    Args:
+        model: follows the contract prior() / encode(x) / decode(z); a model that also has log_likelihood(z, x)
+            (VAE does) is evaluated through it, same value in fewer passes.
+        x: (N, D) data, processed `batch_size` datapoints at a time.
+        num_samples: chain states collected per datapoint after burn-in (the paper: 50).
+        leapfrog_steps: leapfrog steps per HMC transition (the paper: 4).
+        burn_in: transitions before collecting; the step size adapts during them only.
+        target_accept: acceptance probability the step size is tuned toward (the paper: 0.9).
+        density: "gaussian" (diagonal), "kde" (Gaussian kernels, bandwidth chosen by held-out likelihood within
+            the first half) or "auto" (kde when the first half holds at least 4 samples per latent dimension).
+        seed: seed of a private RNG stream (None: the global one).
+
+    Returns:
+        dict with (N,) `log_px` and `step_size`, floats `mean`, `stderr` and `accept_rate` (mean acceptance
+        probability of the collected transitions).
+    """
+    _check_positive(leapfrog_steps=leapfrog_steps, batch_size=batch_size)
+    if num_samples < 4:
+        raise ValueError(f"num_samples must be >= 4 (half fit q, half estimate), got {num_samples}")
+    if density not in DENSITIES:
+        raise ValueError(f"unknown density {density!r}; choose from {', '.join(DENSITIES)}")
+    outs = []
+    with _evaluating(model, seed, x.device):
+        for xb in x.split(batch_size):
+            outs.append(_hmc_batch(Joint(model, xb), model.encode(xb).sample(), num_samples, leapfrog_steps,
+                                   burn_in, target_accept, density))
+    log_px, accept, eps = (torch.cat(t) for t in zip(*outs))
+    return _summary(log_px, accept_rate=float(accept.double().mean()), step_size=eps)
+
+
+def _hmc_batch(joint: Joint, z0, num_samples, steps, burn_in, target_accept, density):
+    u = joint.to_u(z0)  # (B, Du)
+    state = joint(u)
+    eps = _initial_step_size(joint, u, state, steps, target_accept)  # (B, 1)
+    for _ in range(burn_in):
+        u, state, a = hmc_step(joint, u, state, eps, steps)
+        eps = eps * torch.exp(a - target_accept).unsqueeze(-1)
+    samples, log_joint, accepts = [], [], []
+    for _ in range(num_samples):
+        u, state, a = hmc_step(joint, u, state, eps, steps)
+        samples.append(u)
+        log_joint.append(state.log_f)
+        accepts.append(a)
+    samples, log_joint = torch.stack(samples), torch.stack(log_joint)  # (S, B, Du), (S, B)
+    half = num_samples // 2
+    log_q = _fit_density(samples[:half], density)(samples[half:])  # (S - half, B)
+    log_px = -_logmeanexp(log_q - log_joint[half:])
+    return log_px, torch.stack(accepts).mean(0), eps.squeeze(-1)
+
+
+def _fit_density(fit: torch.Tensor, density: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A density fitted per datapoint to samples fit (n, B, Du); returns log q for points (L, B, Du) -> (L, B)."""
+    n, du = fit.shape[0], fit.shape[-1]
+    if density == "kde" or (density == "auto" and n >= 4 * du):
+        return _fit_kde(fit)
+    loc, scale = fit.mean(0), _spread(fit)
+    return lambda y: torch.distributions.Normal(loc, scale).log_prob(y).sum(-1)
+
+
+def _spread(fit: torch.Tensor) -> torch.Tensor:
+    """Per-dimension std (B, Du), floored so that a chain that never moved still gives a finite density."""
+    return fit.std(0).clamp_min(torch.finfo(fit.dtype).eps ** 0.5)
+
+
+def _kde_log_prob(centers: torch.Tensor, bandwidth: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log (1/n) sum_i N(y; c_i, diag h^2): centers (n, B, Du), bandwidth h (B, Du), y (L, B, Du) -> (L, B)."""
+    chunk = _chunk_size(*centers.shape)  # (chunk, n, B, Du)
+    log_norm = bandwidth.log().sum(-1) + 0.5 * y.shape[-1] * math.log(2 * math.pi)  # (B,)
+    out = []
+    for yc in y.split(chunk):
+        diff = (yc.unsqueeze(1) - centers) / bandwidth  # (l, n, B, Du)
+        out.append(_logmeanexp(-0.5 * diff.square().sum(-1), 1) - log_norm)
+    return torch.cat(out)
+
+
+def _fit_kde(fit: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Gaussian KDE with bandwidth factor * std per dimension; the factor maximizes, per datapoint, the likelihood
+    of the second half of `fit` under a KDE on its first half (a contiguous split: the samples are a chain)."""
+    n, du = fit.shape[0], fit.shape[-1]
+    train, held = fit[: n // 2], fit[n // 2:]
+    scale = _spread(fit)  # (B, Du)
+    factors = fit.new_tensor(KDE_FACTORS)
+    scores = torch.stack([_kde_log_prob(train, f * scale, held).mean(0) for f in factors])  # (F, B)
+    best = factors[scores.argmax(0)]  # (B,)
+    best = best * (train.shape[0] / n) ** (1 / (du + 4))  # Silverman's n^(-1/(d+4)) rate, refit on all n
+    return partial(_kde_log_prob, fit, best.unsqueeze(-1) * scale)

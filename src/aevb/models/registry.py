@@ -1,0 +1,39 @@
+"""The model registry: architecture name -> model class (whose `config_class` is its frozen config dataclass).
+
+A run's config.json stores the model section as the config's fields; an `arch` key names the architecture, and a
+section without one is the paper's MLP VAE ("mlp"), as every run folder written before the registry existed.
+"""
+from __future__ import annotations
+
+MODELS: dict[str, type] = {}
+DEFAULT_ARCH = "mlp"
+
+
+def register(name: str):
+    """Class decorator: make a model class (with a `config_class` attribute) buildable by name."""
+    def decorate(cls):
+        MODELS[name] = cls
+        cls.arch = name
+        return cls
+    return decorate
+
+
+def config_of(section: dict):
+    """The model config of a config.json model section.
+
+    Raises:
+        ValueError: an unknown architecture or a section its config refuses.
+    """
+    d = dict(section)
+    arch = d.pop("arch", DEFAULT_ARCH)
+    if arch not in MODELS:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(sorted(MODELS))}")
+    return MODELS[arch].config_class.from_dict(d)
+
+
+def build(config):
+    """The model of a config made by `config_of` (or any registered model's config)."""
+    for cls in MODELS.values():
+        if isinstance(config, cls.config_class):
+            return cls(config)
+    raise ValueError(f"no registered model takes a {type(config).__name__}")

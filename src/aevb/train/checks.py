@@ -1,0 +1,42 @@
+"""Refusing data the trainer cannot use, and the error a run of non-finite updates ends with."""
+from __future__ import annotations
+
+import torch
+from torch.distributions import constraints
+
+from ..likelihoods import data_support
+
+
+def check_data(train_x: torch.Tensor, test_x: torch.Tensor, likelihood: str | None = None,
+               x_dim: int | None = None) -> None:
+    """Refuse data the trainer cannot use, with a one-line message naming the problem.
+
+    Raises:
+        ValueError: a split is empty or not (N, D), the splits or the model disagree on D, a value is NaN or
+            infinite, or a value lies outside the likelihood's support (e.g. [0, 1] for the likelihoods of grey
+            levels: bernoulli, continuous-bernoulli, categorical).
+    """
+    support = data_support(likelihood) if likelihood is not None else None
+    for name, x in (("training", train_x), ("test", test_x)):
+        if x.ndim != 2:
+            raise ValueError(f"the {name} data must be an (N, D) tensor, got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"the {name} set is empty")
+        if not x.is_floating_point():
+            raise ValueError(f"the {name} data must be floating point, got {x.dtype}")
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise ValueError(f"the {name} data has {bad} non-finite values (NaN or Inf)")
+        if support is not None and not bool(support.check(x).all()):
+            lo, hi = float(x.min()), float(x.max())
+            where = "[0, 1]" if support is constraints.unit_interval else f"its support ({support})"
+            raise ValueError(f"the {name} data has values outside {where} (min {lo:g}, max {hi:g}), which the "
+                             f"{likelihood} likelihood cannot model")
+    if train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(f"training data has {train_x.shape[1]} values per datapoint, test data {test_x.shape[1]}")
+    if x_dim is not None and train_x.shape[1] != x_dim:
+        raise ValueError(f"the data has {train_x.shape[1]} values per datapoint, the model expects {x_dim}")
+
+
+class NonFiniteError(FloatingPointError):
+    """Too many updates in a row had a NaN or Inf loss or gradient; the last checkpoint is intact."""

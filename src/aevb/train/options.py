@@ -1,0 +1,132 @@
+"""How to train (Algorithm 1): `TrainConfig`, and `DataOptions` (which built-in data set and split).
+
+Each option is declared once, as a field with its default, help and choices (`aevb.options.option`); the parser,
+the preset merge, `--resume`'s list of run-defining flags and config.json derive from the declarations.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .. import options as opt
+from ..data import DATASETS, SPLITS
+from ..estimators import ESTIMATORS, GRADIENTS
+from ..optim import OPTIMIZERS
+from .presets import PAPER_LR_CANDIDATES
+
+SCHEDULES = ("constant", "cosine")
+BINARIZE = ("none", "dynamic", "static")
+# The fixed binarization that logged ELBOs of binarized runs use (and `aevb eval` repeats).
+EVAL_BINARIZATION_SEEDS = {"train": 12345, "test": 54321}
+
+
+def _estimators() -> list[str]:
+    return ["auto", *sorted(ESTIMATORS)]
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Which built-in data set, and which split of it, a run trains on."""
+
+    dataset: str = opt.option("mnist", "data set (default mnist)", choices=lambda: sorted(DATASETS))
+    split: str = opt.option("standard", "standard (60k/10k for MNIST) or paper (50k train)", choices=SPLITS)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (Algorithm 1). Every field is described by its option's help (`aevb train --help`).
+
+    Training length is counted in datapoints evaluated (`samples`), the paper's x-axis, or in `epochs`: exactly one
+    of them. With `ema` > 0 the logged ELBOs, pictures and saved weights use the average of the weights (`*_raw`
+    fields: the last iterate). `shards` splits the global minibatch into shards with their own random streams, so a
+    run gives the same result on any number of torchrun processes that divides it (None: the number of processes).
+    `lr_candidates` non-empty is the paper's step-size rule: each candidate trains `search_samples` datapoints from
+    the same start, the best training ELBO is kept and training continues from it.
+    """
+
+    estimator: str = opt.option(
+        "sgvb_b", "sgvb_b (analytic KL), sgvb_a, iwae, wake_sleep (the paper's baseline, logged with the ELBO), or "
+        "auto: sgvb_b where the KL is analytic, else sgvb_a", choices=_estimators)
+    num_samples: int = opt.option(1, "L, samples of z per datapoint (K for iwae)")
+    gradient: str = opt.option("standard", "standard, stl (sticking the landing) or dreg (iwae)", choices=GRADIENTS)
+    optimizer: str = opt.option("adam", "adagrad (the paper's, with warm-up), adam or adamw", choices=OPTIMIZERS)
+    lr: float = opt.option(
+        1e-3, "step size, or 'auto' for the paper's rule: best of 0.01, 0.02, 0.1", parse=opt.learning_rate,
+        apply=lambda v: {"lr_candidates": PAPER_LR_CANDIDATES} if v == "auto" else {"lr": v})
+    lr_candidates: tuple[float, ...] = opt.option((), "step sizes of the paper's rule", flag=False)
+    search_samples: int = opt.option(50_000, "datapoints per candidate of the step-size search", flag=False)
+    schedule: str = opt.option("cosine", "learning-rate schedule", choices=SCHEDULES)
+    min_lr_ratio: float = opt.option(0.0, "the cosine schedule's final step size, as a fraction of lr", flag=False)
+    warmup_steps: int = opt.option(
+        0, "adagrad: minibatches that only accumulate squared gradients (the paper: 100); other optimizers: steps "
+        "of linear warm-up", flag=False)
+    weight_decay: float | str = opt.option(
+        0.0, "'prior' (N(0, I) on the weights, the paper's MAP) or a number", parse=opt.weight_decay)
+    batch_size: int = opt.option(100, "M, datapoints per minibatch")
+    replacement: bool = opt.option(False, "draw minibatches with replacement (the paper's code)", flag=False)
+    samples: int | None = opt.option(
+        None, "training length in datapoints evaluated, e.g. 1e7", parse=opt.count, group="length",
+        apply=lambda v: {"samples": v, "epochs": None})
+    epochs: float | None = opt.option(
+        None, "training length in passes over the training set", parse=float, group="length",
+        apply=lambda v: {"samples": None, "epochs": v})
+    binarize: str = opt.option("none", "none (grey levels), dynamic or static binarization", choices=BINARIZE)
+    eval_num_samples: int = opt.option(1, "L of the logged train and test ELBO", flag=False)
+    evals_per_decade: int = opt.option(3, "log-spaced evaluations per factor 10 of datapoints")
+    ema: float = opt.option(0.0, "decay of a moving average of the weights (0 = off)")
+    compile: bool = opt.option(False, "torch.compile the estimator (needs a C++ compiler; the first compilation "
+                               "takes about a minute)")
+    tensorboard: bool = opt.option(False, "also write TensorBoard event files into the run folder (needs: pip "
+                                   "install tensorboard)")
+    seed: int = opt.option(0, "random seed (default 0)")
+    shards: int | None = opt.option(
+        None, "split each minibatch into this many shards, each with its own random streams (default: the number "
+        "of processes); under torchrun each process computes shards/processes of them, so a run gives the same "
+        "result on any number of processes dividing it", parse=opt.positive_int)
+
+    def __post_init__(self):
+        object.__setattr__(self, "lr_candidates", tuple(float(v) for v in self.lr_candidates))
+        for ok, message in self._checks():
+            if not ok:
+                raise ValueError(message)
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        known = self.estimator in ESTIMATORS
+        allowed = ESTIMATORS[self.estimator].gradients if known else GRADIENTS
+        return [
+            (known or self.estimator == "auto",
+             f"unknown estimator {self.estimator!r}; choose from auto, {', '.join(ESTIMATORS)}"),
+            (self.gradient in GRADIENTS, f"unknown gradient {self.gradient!r}; choose from {', '.join(GRADIENTS)}"),
+            (self.gradient != "dreg" or self.estimator == "iwae", "gradient 'dreg' needs estimator 'iwae'"),
+            (self.gradient in allowed,
+             f"gradient {self.gradient!r} is not available for estimator {self.estimator!r}; choose from "
+             f"{', '.join(allowed)}"),
+            (self.optimizer in OPTIMIZERS,
+             f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}"),
+            (self.binarize in BINARIZE, f"unknown binarization {self.binarize!r}; choose from {', '.join(BINARIZE)}"),
+            (all(0 < v < math.inf for v in (self.lr, *self.lr_candidates)),
+             "learning rates must be positive and finite"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.num_samples >= 1 and self.eval_num_samples >= 1, "numbers of samples must be >= 1"),
+            ((self.samples is None) != (self.epochs is None), "give exactly one of samples and epochs"),
+            ((self.samples or 1) > 0 and 0 < (self.epochs or 1) < math.inf,
+             "the training length must be positive and finite"),
+            (self.weight_decay == "prior" or float(self.weight_decay) >= 0, "weight_decay must be 'prior' or >= 0"),
+            (0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}"),
+            (self.shards is None or self.shards >= 1, f"shards must be >= 1, got {self.shards}"),
+            (self.shards is None or self.batch_size % self.shards == 0,
+             f"the batch size {self.batch_size} must be a multiple of the number of shards {self.shards}"),
+        ]
+
+    def total_samples(self, n_train: int) -> int:
+        return int(self.samples) if self.samples is not None else int(round(self.epochs * n_train))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        opt.check_fields(cls, d, "training")
+        return cls(**{"shards": 1, **d})  # runs from before shards existed trained with one

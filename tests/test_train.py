@@ -86,6 +86,17 @@ def test_run_folder_round_trip(tmp_path, digits):
         assert (tmp_path / "run" / name).stat().st_size > 0
 
 
+def test_fit_creates_its_run_folder(tmp_path, digits):
+    """fit(run_dir=...) makes a missing folder (and its parents) and writes the history there, record for record."""
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(x_dim=64, latent_dim=2, hidden=(16,), likelihood="gaussian"))
+    run = tmp_path / "a" / "b"
+    history = fit(model, digits.train, digits.test, TrainConfig(samples=2000, evals_per_decade=1), run,
+                  progress=False)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines == history and [r["samples_seen"] for r in lines] == [100, 1000, 2000]
+
+
 def test_resume_equals_uninterrupted(tmp_path, digits, monkeypatch):
     def run(path, interrupt_at=None):
         torch.manual_seed(0)

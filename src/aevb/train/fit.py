@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from .. import runs
 from .options import TrainConfig
 from .trainer import Trainer
 
@@ -22,7 +23,8 @@ def fit(model, train_x: torch.Tensor, test_x: torch.Tensor, cfg: TrainConfig, ru
         train_x: (N, D) resident tensor of training data on the training device.
         test_x: (N, D) resident tensor of test data on the training device.
         cfg: a TrainConfig.
-        run_dir: folder for metrics.jsonl and checkpoints, or None to keep everything in memory.
+        run_dir: folder for metrics.jsonl and checkpoints (created with its parents if missing), or None to keep
+            everything in memory.
         progress: show a progress bar (samples/s and the running ELBO).
         resume: continue from run_dir's checkpoint (from the beginning when it has none yet).
         checkpoint_every: seconds between checkpoints during training, besides those at evaluations.
@@ -33,6 +35,11 @@ def fit(model, train_x: torch.Tensor, test_x: torch.Tensor, cfg: TrainConfig, ru
     # many times slower; flushing them changes nothing above 1e-38.
     flush = torch.set_flush_denormal(True)
     trainer = None
+    if run_dir is not None:
+        try:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise runs.RunError(f"cannot write to the output folder {run_dir}: {e.strerror or e}") from None
     try:
         trainer = Trainer(model, train_x, test_x, cfg, Path(run_dir) if run_dir is not None else None,
                           progress=progress, checkpoint_every=checkpoint_every, max_nonfinite=max_nonfinite)

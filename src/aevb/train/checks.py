@@ -40,3 +40,12 @@ def check_data(train_x: torch.Tensor, test_x: torch.Tensor, likelihood: str | No
 
 class NonFiniteError(FloatingPointError):
     """Too many updates in a row had a NaN or Inf loss or gradient; the last checkpoint is intact."""
+
+    @classmethod
+    def after(cls, trainer) -> "NonFiniteError":
+        """The error that stops `trainer`, saying where it stopped and which checkpoint is intact."""
+        t = trainer
+        where = f"step {t.checkpoint_step}" if t.checkpoint_step is not None else "none written yet"
+        return cls(f"training stopped: {t.streak} updates in a row had a NaN or infinite loss or gradient (at step "
+                   f"{t.step}, {t.samples_seen:,} datapoints; {t.skipped} skipped in all); the last checkpoint "
+                   f"({where}) is intact: lower --lr or raise --max-nonfinite, then --resume")

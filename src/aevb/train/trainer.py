@@ -159,7 +159,7 @@ class Trainer:
             if bar is not None:
                 bar.tick(c.batch_size, running, self.step)
             if self.streak >= self.max_nonfinite:
-                self._stop()
+                raise NonFiniteError.after(self)
             if due and self.streak == 0:
                 self.checkpoint()
         return running
@@ -174,13 +174,6 @@ class Trainer:
         self.streak = 0
         self.norm_sum += norm
         self.norm_steps += 1
-
-    def _stop(self):
-        where = f"step {self.checkpoint_step}" if self.checkpoint_step is not None else "none written yet"
-        raise NonFiniteError(
-            f"training stopped: {self.streak} updates in a row had a NaN or infinite loss or gradient (at step "
-            f"{self.step}, {self.samples_seen:,} datapoints; {self.skipped} skipped in all); the last checkpoint "
-            f"({where}) is intact: lower --lr or raise --max-nonfinite, then --resume")
 
     def averaged(self):
         """Temporarily put the averaged weights into the model (no-op without EMA)."""

@@ -1,230 +1,222 @@
-"""Docs that cannot drift: every `aevb ...` command in README.md and docs/ is checked against the real parser,
-docs/cli.md lists every subcommand and flag, and the README's Python example runs."""
+"""Docs that cannot drift.
+
+- Every `aevb ...` command written in README.md and docs/**/*.md (fenced shell blocks and inline code spans) names
+  a real subcommand, real options of it, and literal values its types and choices accept (tests/doccheck.py
+  walks the real parser, `aevb.cli.build_parser()`).
+- The checker itself reports a misspelled flag, an unknown subcommand and a bad choice, extracts commands from the
+  shell forms the docs use, and finds enough commands in the real docs that an extraction bug cannot pass quietly.
+- docs/cli.md lists every subcommand, and under it every option string and choice of that subcommand, and no
+  option the parser does not have; it is exactly what `python docs/gen_cli.py` writes.
+- The README's Python example runs on the real MNIST (shortened to 3,000 datapoints) and reaches a sane ELBO.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import re
-import shlex
 from pathlib import Path
 
 import pytest
 
 from aevb.cli import build_parser
+from doccheck import check_argv, check_markdown, find_commands, options, subcommands
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-FENCE = re.compile(r"^```(\w*)\s*$")
-INLINE = re.compile(r"`(aevb [^`]+)`")
-SHELL_LANGS = {"", "bash", "sh", "shell", "console", "text"}
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The subcommand parsers of `parser` (argparse keeps them in the choices of its _SubParsersAction)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
+@pytest.fixture(scope="module")
+def parser() -> argparse.ArgumentParser:
+    return build_parser()
 
 
-def _is_placeholder(value: str) -> bool:
-    return (any(c in value for c in "<>${}") or value == "..." or value.endswith("...")
-            or (value.isupper() and value.isalpha()) or re.fullmatch(r"[A-Z][A-Z_0-9]*", value) is not None)
-
-
-def commands(text: str) -> list[tuple[int, list[str]]]:
-    """(line number, argv after `aevb`) of every aevb command in fenced shell blocks and inline code spans."""
-    found, lang, block = [], None, []
-    for number, line in enumerate(text.splitlines(), 1):
-        fence = FENCE.match(line.strip())
-        if fence:
-            if lang is None:
-                lang, block = fence.group(1).lower(), []
-            else:
-                if lang in SHELL_LANGS:
-                    found += _from_shell(block)
-                lang = None
-            continue
-        if lang is not None:
-            block.append((number, line))
-            continue
-        for span in INLINE.findall(line):
-            found += _from_shell([(number, span)])
-    return found
-
-
-def _from_shell(lines: list[tuple[int, str]]) -> list[tuple[int, list[str]]]:
-    """Join continuation lines, drop prompts and comments, split on && ; | and find the aevb invocations."""
-    out, buffer, first = [], "", None
-    for number, line in lines:
-        line = re.sub(r"^\s*\$ ", "", line)
-        if first is None:
-            first = number
-        if line.rstrip().endswith("\\"):
-            buffer += line.rstrip()[:-1] + " "
-            continue
-        buffer += line
-        out += [(first, argv) for argv in _invocations(buffer)]
-        buffer, first = "", None
-    return out
-
-
-def _invocations(command: str) -> list[list[str]]:
-    try:
-        words = shlex.split(command, comments=True)
-    except ValueError:
-        return []
-    pieces, current = [], []
-    for w in words:
-        if w in ("&&", "||", ";", "|"):
-            pieces.append(current)
-            current = []
-        else:
-            current.append(w)
-    pieces.append(current)
-    found = []
-    for words in pieces:
-        words = [w.strip("[]") for w in words]
-        i = 0
-        while i < len(words) and _is_prefix(words[i]):  # env assignments, time, taskset -c 0, ...
-            i += 1
-        if i < len(words) and words[i] == "aevb":
-            found.append(words[i + 1:])
-        elif i < len(words) and words[i] in ("python", "python3", "torchrun") and "-m" in words[i:]:
-            j = words.index("-m", i)
-            if j + 1 < len(words) and words[j + 1] == "aevb":
-                found.append(words[j + 2:])
-    return found
-
-
-def _is_prefix(word: str) -> bool:
-    """A word that may stand before the program: VAR=value, a wrapper command or its options."""
-    return (re.fullmatch(r"[A-Z_][A-Z_0-9]*=\S*", word) is not None or word in ("time", "nohup", "taskset", "-c")
-            or re.fullmatch(r"[\d,-]+", word) is not None)
-
-
-def check(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
-    """Problems of one command against the parser: unknown subcommand, flag or choice."""
-    subs = _subparsers(parser)
-    if not argv or argv[0].startswith("-"):
-        known = {s for a in parser._actions for s in a.option_strings}
-        return [f"unknown option {a}" for a in argv if a.startswith("-") and a.split("=")[0] not in known]
-    name, rest = argv[0], argv[1:]
-    if name not in subs:
-        return [] if _is_placeholder(name) else [f"unknown subcommand {name!r}"]
-    sub = subs[name]
-    options = {s: a for a in sub._actions for s in a.option_strings}
-    positionals = [a for a in sub._actions if not a.option_strings]
-    problems, i, k = [], 0, 0
-    while i < len(rest):
-        word = rest[i]
-        if word.startswith("-") and len(word) > 1 and not re.fullmatch(r"-[\d.e]+", word):
-            flag, _, inline = word.partition("=")
-            action = options.get(flag)
-            if action is None:
-                problems.append(f"aevb {name}: unknown flag {flag}")
-                i += 1
-                continue
-            takes = action.nargs != 0
-            value = inline or (rest[i + 1] if takes and not inline and i + 1 < len(rest) else None)
-            if takes and value is not None and action.choices and not _is_placeholder(value):
-                for alternative in value.split("|"):  # a|b|c: each alternative must be a choice
-                    if _convert(action, alternative) not in action.choices:
-                        problems.append(f"aevb {name} {flag}: {alternative!r} is not one of "
-                                        f"{sorted(map(str, action.choices))}")
-            i += 1 + (1 if takes and not inline else 0)
-            while action.nargs == "+" and i < len(rest) and not rest[i].startswith("-"):
-                i += 1
-            continue
-        if k < len(positionals):
-            action = positionals[k]
-            bad = [w for w in word.split("|") if action.choices and not _is_placeholder(w) and w not in action.choices]
-            problems += [f"aevb {name}: {w!r} is not one of {sorted(action.choices)}" for w in bad]
-            k += 1
-        i += 1
-    return problems
-
-
-def _convert(action, value):
-    try:
-        return action.type(value) if callable(action.type) else value
-    except (ValueError, TypeError, argparse.ArgumentTypeError):
-        return value
-
-
-def check_text(text: str, where: str, parser=None) -> tuple[int, list[str]]:
-    parser = parser or build_parser()
-    found = commands(text)
-    problems = [f"{where}:{line}: {p}" for line, argv in found for p in check(argv, parser)]
-    return len(found), problems
-
-
-def test_every_documented_command_exists():
-    parser = build_parser()
-    total, problems = 0, []
+def _check_docs(parser) -> tuple[dict[str, list], list[str]]:
+    """Commands found per file (relative path) and every problem in all doc files."""
+    found, problems = {}, []
     for path in DOC_FILES:
-        n, found = check_text(path.read_text(), str(path.relative_to(ROOT)), parser)
-        total, problems = total + n, problems + found
-    assert not problems, "\n".join(problems)
-    assert total >= 25, f"only {total} aevb commands found in README.md and docs/: is the extraction broken?"
+        where = str(path.relative_to(ROOT))
+        found[where], file_problems = check_markdown(path.read_text(encoding="utf-8"), where, parser)
+        problems += file_problems
+    return found, problems
 
 
-def test_the_checker_reports_misspelled_flags_subcommands_and_choices():
-    text = "\n".join([
-        "```bash",
-        "aevb train --latent-dimm 5 --out runs/x   # a misspelled flag",
-        "aevb trian --samples 1e6",
-        "aevb train --likelihood bernouli \\",
-        "    --hidden 500",
-        "aevb reproduce fig9 --out x",
-        "aevb train --preset paper-mnist-20 && aevb eval runs/x --method is --k 5000",
-        "```",
-        "Inline: `aevb sample RUN --nn 4`.",
-    ])
-    n, problems = check_text(text, "doc.md")
+def test_every_documented_command_matches_the_parser(parser):
+    """Each aevb command in README.md and docs/ uses a real subcommand, real options and accepted values."""
+    _, problems = _check_docs(parser)
+    assert not problems, f"{len(problems)} documented command(s) disagree with the parser:\n" + "\n".join(problems)
+
+
+def test_the_docs_hold_enough_commands_to_check(parser):
+    """Extraction finds >= 10 commands in the README, >= 50 in all, and an example of every subcommand."""
+    found, _ = _check_docs(parser)
+    readme = len(found["README.md"])
+    total = sum(map(len, found.values()))
+    assert readme >= 10, f"only {readme} aevb commands found in README.md: is the extraction broken?"
+    assert total >= 50, f"only {total} aevb commands found in README.md and docs/: is the extraction broken?"
+    used = {c.argv[0] for commands in found.values() for c in commands}
+    missing = sorted(set(subcommands(parser)) - used)
+    assert not missing, f"no documented command uses the subcommand(s) {missing}"
+
+
+SYNTHETIC = """# A page with mistakes
+
+```bash
+aevb train --latent-dimm 5 --out runs/x        # a misspelled flag
+aevb trian --samples 1e6
+aevb train --likelihood bernouli \\
+    --hidden 500
+aevb reproduce fig9 --out x
+aevb train --preset paper-mnist-20 && aevb eval runs/x --method is --k 5000
+aevb restore runs/x --task inpaint --factor 3
+aevb sample runs/x 16
+aevb --verison
+```
+
+```console
+$ aevb eval runs/x --method iss
+aevb eval: this is output, not a command --nonsense
+```
+
+Inline: `aevb sample RUN --nn 4`, and a placeholder that is fine: `aevb eval RUN --method METHOD`.
+"""
+
+
+def test_the_checker_reports_misspelled_flags_subcommands_and_choices(parser):
+    """A synthetic page with one mistake of each kind: each is reported at its line; correct commands are not."""
+    commands, problems = check_markdown(SYNTHETIC, "doc.md", parser)
     joined = "\n".join(problems)
-    assert n == 7
-    assert "doc.md:2: aevb train: unknown flag --latent-dimm" in joined
-    assert "doc.md:3: unknown subcommand 'trian'" in joined
-    assert "doc.md:4: aevb train --likelihood: 'bernouli' is not one of" in joined
-    assert "doc.md:6: aevb reproduce: 'fig9' is not one of" in joined
-    assert "doc.md:9: aevb sample: unknown flag --nn" in joined
-    assert len(problems) == 5  # the correct line 7 passes
+    expected = [
+        "doc.md:4: aevb train: unknown option --latent-dimm (did you mean --latent-dim?)",
+        "doc.md:5: aevb: unknown subcommand 'trian' (did you mean train?)",
+        "doc.md:6: aevb train --likelihood: 'bernouli' is not one of",
+        "doc.md:8: aevb reproduce figure: 'fig9' is not one of fig2, fig3, fig4, fig5",
+        "doc.md:10: aevb restore --factor: '3' is not one of 2, 4",
+        "doc.md:11: aevb sample: unexpected argument '16'",
+        "doc.md:12: aevb: unknown option --verison before the subcommand (did you mean --version?)",
+        "doc.md:16: aevb eval --method: 'iss' is not one of",
+        "doc.md:20: aevb sample: unknown option --nn (did you mean --n?)",
+    ]
+    for line in expected:
+        assert line in joined, f"not reported: {line}\nreported:\n{joined}"
+    assert len(problems) == len(expected), joined  # line 9 (two commands) and line 20's second span pass
+    assert len(commands) == 12
 
 
-def test_the_cli_page_lists_every_subcommand_and_flag():
-    text = (ROOT / "docs" / "cli.md").read_text()
-    missing = []
-    for name, sub in _subparsers(build_parser()).items():
-        if f"aevb {name}" not in text:
-            missing.append(f"aevb {name}")
-        for action in sub._actions:
-            missing += [f"aevb {name} {s}" for s in action.option_strings
-                        if s.startswith("--") and s != "--help" and f"`{s}" not in text]
-    assert not missing, "not in docs/cli.md (run python docs/gen_cli.py): " + ", ".join(missing)
-
-
-def test_the_readme_python_example_runs(shared_data, tmp_path, monkeypatch):
-    text = (ROOT / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
-    assert "samples=1_000_000" in code
-    monkeypatch.setenv("AEVB_DATA", str(shared_data))
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(code.replace("samples=1_000_000", "samples=3_000"), "README.md", "exec"), namespace)
-    elbo = namespace["history"][-1]["test_elbo"]
-    assert math.isfinite(elbo) and -550 < elbo < -100
-    assert tuple(namespace["images"].shape) == (16, 784)
-    assert abs(namespace["elbo"] - elbo) < 5  # the same bound, evaluated again
+@pytest.mark.parametrize("argv", [
+    ["--version"], ["-h"], ["train", "--help"], ["train", "--samples", "1e7", "--likelihood=gaussian"],
+    ["eval", "RUN", "--method", "is|ais|hmc|grid"], ["reproduce", "fig2|fig3", "--out", "DIR"],
+    ["restore", "<run>", "--task", "superres", "--factor", "4", "--images", "a.png", "b.png"],
+    ["SUBCOMMAND", "--help"], ["train", "--preset", "NAME", "[flags]"], ["eval", "RUN", "--limit", "N"],
+])
+def test_the_checker_accepts_correct_commands(parser, argv):
+    """Right commands, usage notation and placeholders (RUN, <run>, [flags], a|b) raise nothing."""
+    assert check_argv(argv, parser) == []
 
 
 @pytest.mark.parametrize("line, argv", [
     ("aevb train --samples 1e6", ["train", "--samples", "1e6"]),
+    ("$ aevb eval runs/x", ["eval", "runs/x"]),
+    ("AEVB_DATA=x OMP_NUM_THREADS=1 aevb eval runs/x  # comment", ["eval", "runs/x"]),
     ("taskset -c 0 aevb train --threads 1", ["train", "--threads", "1"]),
-    ("torchrun --nproc_per_node=2 -m aevb train --shards 2", ["train", "--shards", "2"]),
+    ("time aevb train --threads 1", ["train", "--threads", "1"]),
+    ("python -m aevb train --seed 1", ["train", "--seed", "1"]),
+    ("python3 -X importtime -m aevb eval r", ["eval", "r"]),
+    (".venv/bin/aevb plot r", ["plot", "r"]),
+    ("torchrun --standalone --nproc_per_node=2 -m aevb train --shards 2", ["train", "--shards", "2"]),
+    ("torchrun --nnodes 2 --rdzv_endpoint h:29400 $(which aevb) train --device cuda", ["train", "--device", "cuda"]),
+    ("python -m torch.distributed.run --nproc_per_node 2 -m aevb train", ["train"]),
+    ("aevb train --out r > log.txt 2>&1", ["train", "--out", "r"]),
     ("pip install aevb", None),
-    ("AEVB_DATA=x aevb eval runs/x  # comment", ["eval", "runs/x"]),
+    ("python -c 'import aevb'", None),
+    ("python -m pytest tests/test_docs.py", None),
+    ("ls src/aevb/cli && cat ~/.cache/aevb/x", None),
 ])
-def test_extraction(line, argv):
-    found = commands(f"```bash\n{line}\n```")
-    assert [a for _, a in found] == ([argv] if argv else [])
+def test_extraction_of_one_command(line, argv):
+    """Prompts, env assignments, wrappers, python -m, torchrun, comments, redirections; non-aevb programs skipped."""
+    commands, problems = find_commands(f"```bash\n{line}\n```")
+    assert not problems
+    assert [list(c.argv) for c in commands] == ([argv] if argv else [])
+
+
+def test_extraction_of_blocks_and_spans():
+    """Continuations keep the first line's number; && ; | split commands; python blocks and prose are skipped."""
+    text = "\n".join([
+        "Intro with `aevb eval RUN` and `pip install aevb` and `src/aevb/cli/` and a span",  # 1
+        "`aevb sample RUN",  # 2: a span wrapping over two lines
+        "--n 4`.",  # 3
+        "```sh",  # 4
+        "aevb train \\",  # 5
+        "    --seed 1 && aevb eval r; aevb plot r | tee x",  # 6
+        "```",  # 7
+        "```python",  # 8
+        "import aevb  # aevb train --nope",  # 9
+        "```",  # 10
+        "~~~",  # 11
+        "aevb report r",  # 12
+        "~~~",  # 13
+    ])
+    commands, _ = find_commands(text)
+    assert [(c.line, list(c.argv)) for c in commands] == [
+        (1, ["eval", "RUN"]), (2, ["sample", "RUN", "--n", "4"]), (5, ["train", "--seed", "1"]),
+        (5, ["eval", "r"]), (5, ["plot", "r"]), (12, ["report", "r"]),
+    ]
+
+
+def _cli_sections(text: str) -> dict[str, str]:
+    """`## aevb NAME` heading -> the text of its section in docs/cli.md."""
+    parts = re.split(r"^## aevb (\S+)\s*$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_the_cli_page_lists_every_subcommand_option_and_choice(parser):
+    """docs/cli.md has a `## aevb NAME` section per subcommand listing each of its option strings and choices
+    (help excepted: the page says `aevb SUBCOMMAND --help` once), and no `--flag` row the parser lacks."""
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    sections, problems = _cli_sections(text), []
+    assert "--help" in text
+    for name, sub in subcommands(parser).items():
+        if name not in sections:
+            problems.append(f"no section '## aevb {name}'")
+            continue
+        section = sections[name]
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            problems += [f"aevb {name}: option {s} not listed" for s in action.option_strings
+                         if f"`{s}`" not in section]
+            problems += [f"aevb {name} {action.option_strings or action.dest}: choice {c} not listed"
+                         for c in action.choices or () if f"`{c}`" not in section]
+        known = options(sub)
+        problems += [f"aevb {name}: lists {flag}, which the parser does not have"
+                     for flag in re.findall(r"^\| `(-[\w-]+)`", section, flags=re.M) if flag not in known]
+    problems += [f"section '## aevb {name}' is no subcommand" for name in sections if name not in subcommands(parser)]
+    assert not problems, "docs/cli.md disagrees with the parser (run python docs/gen_cli.py):\n" + "\n".join(problems)
+
+
+def test_the_cli_page_is_what_gen_cli_writes():
+    """docs/cli.md is byte for byte the output of docs/gen_cli.py's render(): regenerated after every flag change."""
+    spec = importlib.util.spec_from_file_location("gen_cli", ROOT / "docs" / "gen_cli.py")
+    gen_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_cli)  # defines render(); writes nothing (that is under __main__)
+    assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == gen_cli.render(), \
+        "docs/cli.md is stale: run python docs/gen_cli.py"
+
+
+def test_the_readme_python_example_runs(shared_data, tmp_path, monkeypatch):
+    """The README's first ```python block, with samples=1_000_000 cut to 3_000, runs on the real MNIST found
+    through $AEVB_DATA (an empty cache, so nothing else can supply it) and ends with a finite test ELBO > -550."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"^```python[ \t]*\n(.*?)^```", text, re.S | re.M)
+    assert block, "README.md has no ```python block"
+    code = block.group(1)
+    assert "samples=1_000_000" in code, "the README example should train on samples=1_000_000"
+    monkeypatch.setenv("AEVB_DATA", str(shared_data))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "readme_example"}
+    exec(compile(code.replace("samples=1_000_000", "samples=3_000"), "README.md (python block)", "exec"), namespace)
+    elbo = namespace["history"][-1]["test_elbo"]
+    assert math.isfinite(elbo) and -550 < elbo < 0, elbo  # Bernoulli on grey levels: the ELBO is <= 0
+    assert not (tmp_path / "cache" / "aevb").exists() or not any((tmp_path / "cache" / "aevb").rglob("*.gz")), \
+        "the example downloaded MNIST instead of reading $AEVB_DATA"

@@ -97,6 +97,21 @@ def test_fit_creates_its_run_folder(tmp_path, digits):
     assert lines == history and [r["samples_seen"] for r in lines] == [100, 1000, 2000]
 
 
+def test_train_elbo_is_logged_on_the_first_training_datapoints(digits):
+    """eval_train_size=N: the logged train ELBO is the ELBO of the first N training datapoints, drawn with the
+    evaluation's fixed seed; 0 means all of them; a config written before the option existed reads as 0."""
+    for size, rows in ((300, 300), (0, digits.train.shape[0])):
+        torch.manual_seed(0)
+        model = VAE(ModelConfig(x_dim=64, latent_dim=2, hidden=(16,), likelihood="gaussian"))
+        cfg = TrainConfig(samples=1000, eval_train_size=size, seed=5)
+        history = fit(model, digits.train, digits.test, cfg, progress=False)
+        torch.manual_seed(cfg.seed + 3)
+        expected = evaluate(model, digits.train[:rows], estimator="sgvb_b")["elbo"]
+        assert history[-1]["train_elbo"] == pytest.approx(expected, rel=1e-12)
+    old = {k: v for k, v in TrainConfig(samples=10).to_dict().items() if k != "eval_train_size"}
+    assert TrainConfig.from_dict(old).eval_train_size == 0
+
+
 def test_resume_equals_uninterrupted(tmp_path, digits, monkeypatch):
     def run(path, interrupt_at=None):
         torch.manual_seed(0)

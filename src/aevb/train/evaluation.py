@@ -72,8 +72,13 @@ def log_eval(trainer) -> dict:
 
 
 def eval_sets(trainer):
-    """The data the logged ELBOs are computed on: binarized once with a fixed seed where training binarizes."""
-    if trainer.cfg.binarize == "none":
-        return trainer.train_x, trainer.test_x
-    seeds = EVAL_BINARIZATION_SEEDS
-    return binarize_static(trainer.train_x, seed=seeds["train"]), binarize_static(trainer.test_x, seed=seeds["test"])
+    """The data the logged ELBOs are computed on: the first `eval_train_size` training datapoints (all with 0) and
+    the whole test set, binarized once with a fixed seed where training binarizes (the training subset is the first
+    rows of the whole training set's binarization, so it does not depend on the subset's size)."""
+    c, train, test = trainer.cfg, trainer.train_x, trainer.test_x
+    if c.binarize != "none":
+        seeds = EVAL_BINARIZATION_SEEDS
+        train, test = binarize_static(train, seed=seeds["train"]), binarize_static(test, seed=seeds["test"])
+    if 0 < c.eval_train_size < train.shape[0]:
+        train = train[: c.eval_train_size].clone() if c.binarize != "none" else train[: c.eval_train_size]
+    return train, test

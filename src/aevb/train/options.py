@@ -73,6 +73,9 @@ class TrainConfig:
         apply=lambda v: {"samples": None, "epochs": v})
     binarize: str = opt.option("none", "none (grey levels), dynamic or static binarization", choices=BINARIZE)
     eval_num_samples: int = opt.option(1, "L of the logged train and test ELBO", flag=False)
+    eval_train_size: int = opt.option(
+        10_000, "the logged train ELBO is computed on the first N training datapoints (default 10000; 0: all of "
+        "them); the test ELBO always on the whole test set", parse=opt.non_negative_int)
     evals_per_decade: int = opt.option(3, "log-spaced evaluations per factor 10 of datapoints")
     ema: float = opt.option(0.0, "decay of a moving average of the weights (0 = off)")
     compile: bool = opt.option(False, "torch.compile the estimator (needs a C++ compiler; the first compilation "
@@ -110,6 +113,7 @@ class TrainConfig:
              "learning rates must be positive and finite"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.num_samples >= 1 and self.eval_num_samples >= 1, "numbers of samples must be >= 1"),
+            (self.eval_train_size >= 0, f"eval_train_size must be >= 0, got {self.eval_train_size}"),
             ((self.samples is None) != (self.epochs is None), "give exactly one of samples and epochs"),
             ((self.samples or 1) > 0 and 0 < (self.epochs or 1) < math.inf,
              "the training length must be positive and finite"),
@@ -129,4 +133,5 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         opt.check_fields(cls, d, "training")
-        return cls(**{"shards": 1, **d})  # runs from before shards existed trained with one
+        # runs from before these options existed: one shard, the train ELBO logged on the whole training set
+        return cls(**{"shards": 1, "eval_train_size": 0, **d})

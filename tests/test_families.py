@@ -8,7 +8,7 @@ from scipy import special
 
 from aevb import VAE, ModelConfig, iwae, sgvb_a, sgvb_b
 from aevb.estimators import resolve_estimator
-from aevb.distributions.families import POSTERIORS, PRIORS, check_pair
+from aevb.distributions.families import POSTERIORS, PRIORS, analytic_kl, check_pair
 
 from linear_gaussian import DiagonalLinearGaussian, LearnableQ
 
@@ -68,6 +68,67 @@ def test_prior_support_must_match():
         ModelConfig(x_dim=4, posterior="gamma", prior="laplace")
     assert ModelConfig(x_dim=4, posterior="laplace").prior == "laplace"
     assert set(PRIORS) >= {f.prior for f in POSTERIORS.values()}
+
+
+# (posterior support, prior support) pairs check_pair accepts: the same support, or one the posterior's lies inside.
+ACCEPTED_SUPPORTS = {("real", "real"), ("positive", "positive"), ("unit_interval", "unit_interval"),
+                     ("unit_interval", "positive"), ("unit_interval", "real"), ("pareto", "pareto"),
+                     ("pareto", "positive"), ("reciprocal", "reciprocal"), ("reciprocal", "positive"),
+                     ("simplex", "simplex")}
+
+
+def test_compatibility_follows_the_declared_supports():
+    for posterior, family in POSTERIORS.items():
+        for prior, (support, _) in PRIORS.items():
+            accepted = (family.support.name, support.name) in ACCEPTED_SUPPORTS
+            assert family.support.inside(support) is accepted
+            if accepted:
+                check_pair(posterior, prior)
+            else:
+                with pytest.raises(ValueError, match=rf"prior '{prior}' \(support: {support.name}\) does not match "
+                                                     rf"posterior '{posterior}' \(support: {family.support.name}\)"):
+                    check_pair(posterior, prior)
+
+
+def _bounds(constraint):
+    return getattr(constraint, "lower_bound", -math.inf), getattr(constraint, "upper_bound", math.inf)
+
+
+def test_declared_supports_hold_their_samples_and_nest():
+    """Samples of q and of the prior satisfy the declared constraint, and a support lies inside those it names."""
+    torch.manual_seed(0)
+    for family in POSTERIORS.values():
+        z = family.build(torch.randn(7, family.n_out(3)), 3).sample((5,))
+        assert family.support.constraint.check(z).all()
+        for outer in family.support.within:
+            (lo, hi), (outer_lo, outer_hi) = _bounds(family.support.constraint), _bounds(outer.constraint)
+            assert outer_lo <= lo and hi <= outer_hi
+    for support, build in PRIORS.values():
+        assert support.constraint.check(build(torch.zeros(3)).sample((50,))).all()
+
+
+@pytest.mark.parametrize("posterior", sorted(POSTERIORS))
+def test_analytic_kl_by_name_agrees_with_kl_divergence_on_encoded_q(posterior):
+    """Decided from the families alone; the VAE states the same, and kl_divergence on a batch of q agrees."""
+    model = VAE(ModelConfig(x_dim=4, latent_dim=3, hidden=(5,), posterior=posterior))
+    assert analytic_kl(posterior, model.config.prior) is (posterior in ANALYTIC) is model.has_analytic_kl
+    q = model.encode(torch.rand(6, 4))
+    if posterior in ANALYTIC:
+        assert torch.distributions.kl_divergence(q, model.prior()).shape == (6,)
+    else:
+        with pytest.raises(NotImplementedError):
+            torch.distributions.kl_divergence(q, model.prior())
+
+
+def test_analytic_kl_for_a_prior_of_another_family():
+    assert analytic_kl("beta", "uniform") and analytic_kl("triangular", "uniform")
+    assert analytic_kl("uniform", "normal") and not analytic_kl("uniform", "logistic")
+    assert not analytic_kl("laplace", "logistic") and not analytic_kl("triangular", "beta")
+    model = VAE(ModelConfig(x_dim=4, latent_dim=2, hidden=(3,), posterior="beta", prior="uniform"))
+    assert resolve_estimator("auto", model) == "sgvb_b"
+    assert torch.isfinite(sgvb_b(model, torch.rand(3, 4))["loss"])
+    with pytest.raises(ValueError, match="does not match"):
+        analytic_kl("normal", "exponential")
 
 
 def test_categorical_likelihood_is_softmax_at_the_grey_level():

@@ -40,6 +40,7 @@ PAIRS = {
     "LogNormal||LogNormal": (D.LogNormal(_t(0.3, -1.0), _t(0.5, 1.2)), D.LogNormal(_t(0.0, 0.5), _t(1.0, 0.8))),
     "Triangular||Uniform": (D.Triangular(_t(0.3, 1.0), _t(-1.0, 0.0), _t(2.0, 1.0)),
                             D.Uniform(_t(-1.5, 0.0), _t(1.0, 4.0))),
+    "Beta||Uniform": (D.Beta(_t(2.0, 0.7), _t(3.0, 1.5)), D.Uniform(_t(-0.5, 0.0), _t(1.0, 4.0))),
     # torch's pairs the VAE relies on, and Erlang through the Gamma formula
     "Normal||Normal": (D.Normal(_t(0.3, -1.0), _t(0.5, 1.2)), D.Normal(_t(0.0, 0.5), _t(1.0, 0.8))),
     "Laplace||Laplace": (D.Laplace(_t(0.3, -1.0), _t(0.5, 1.2)), D.Laplace(_t(0.0, 0.5), _t(1.0, 0.8))),
@@ -96,7 +97,17 @@ def test_infinite_kls():
     outside = kl_divergence(D.Reciprocal(_t(0.5), _t(4.0)), D.Reciprocal(_t(1.0), _t(8.0)))
     heavy = kl_divergence(D.StudentT(_t(2.0, 1.5)), D.Normal(_t(0.0, 0.0), _t(1.0, 1.0)))
     wider = kl_divergence(D.Triangular(_t(0.5), _t(0.0), _t(3.0)), D.Uniform(_t(0.0), _t(2.0)))
+    narrow = kl_divergence(D.Beta(_t(2.0), _t(3.0)), D.Uniform(_t(0.0), _t(0.9)))
     assert torch.isinf(outside).all() and torch.isinf(heavy).all() and torch.isinf(wider).all()
+    assert torch.isinf(narrow).all()
+
+
+def test_beta_uniform_kl_broadcasts_a_batch_of_q_against_the_prior():
+    """torch's own Beta||Uniform raised IndexError here; the value is torch's formula element by element."""
+    p = Independent(D.Beta(_t(2.0, 0.7, 1.0, 3.0).reshape(2, 2), _t(3.0, 1.5, 1.0, 0.5).reshape(2, 2)), 1)
+    q = Independent(D.Uniform(_t(0.0, -1.0), _t(1.0, 1.0)), 1)
+    expected = (-p.base_dist.entropy() + (q.base_dist.high - q.base_dist.low).log()).sum(-1)
+    torch.testing.assert_close(kl_divergence(p, q), expected, rtol=0, atol=0)
 
 
 def test_kl_gradients_match_monte_carlo_gradients():

@@ -1,6 +1,9 @@
 """Closed-form KL(p || q) pairs torch lacks, registered with ``torch.distributions.kl.register_kl`` on import, and
 ``has_analytic_kl``, which says whether estimator B (eq. 7) can use an analytic KL for a pair.
 
+Beta||Uniform replaces torch's formula of the same value, which indexes its result with a mask of q's batch shape
+and raises IndexError when p's batch shape is larger (a batch of q(z|x) against the prior).
+
 Not closed form, so not registered: Logistic||Logistic, StudentT||StudentT, MultivariateStudentT||anything,
 Triangular||Triangular, Gompertz||Gompertz (needs E[(1 + Y)^r] = e^c c^-r Gamma(r + 1, c), whose gradient in r
 torch lacks). Erlang is a Gamma subclass, so Erlang||Erlang, Erlang||Gamma and Gamma||Erlang use torch's
@@ -11,6 +14,7 @@ import math
 
 import torch
 from torch.distributions import (
+    Beta,
     Distribution,
     Exponential,
     Gamma,
@@ -150,6 +154,14 @@ def _kl_triangular_uniform(p, q):
     """KL = log(high - low) - 1/2 - log(scale / 2) if [loc, loc + scale] lies in [low, high], else inf."""
     kl = (q.high - q.low).log() - p.entropy()
     inside = (q.low <= p.loc) & (p.loc + p.scale <= q.high)
+    return torch.where(inside, kl, torch.full_like(kl, math.inf))
+
+
+@_register(Beta, Uniform)
+def _kl_beta_uniform(p, q):
+    """KL = -H(p) + log(high - low) if [0, 1] lies in [low, high], else inf."""
+    kl = -p.entropy() + (q.high - q.low).log()
+    inside = (q.low <= 0) & (1 <= q.high)
     return torch.where(inside, kl, torch.full_like(kl, math.inf))
 
 

@@ -73,7 +73,7 @@ def _per_dim_kl(q, prior, samples: int, generator: torch.Generator | None) -> to
 def kl_per_dim(model, x: torch.Tensor, *, batch_size: int = 1000, mc_samples: int = 256) -> torch.Tensor:
     """E_x KL(q(z_j|x) || p(z_j)) for each latent dimension j, in nats: (Dz,) float64.
 
-    Analytic where torch or aevb.kl has the pair, else a Monte Carlo average of `mc_samples` draws.
+    Analytic where torch or aevb.distributions.kl has the pair, else a Monte Carlo average of `mc_samples` draws.
     """
     prior = model.prior()
     total = None

@@ -1,5 +1,5 @@
 // aevb latent explorer: the decoder's forward pass in the page, driven by the pointer over a latent plane.
-// Reads the JSON in <script id="aevb-explorer-data"> (written by aevb/report.py): float32 weights as base64,
+// Reads the JSON in <script id="aevb-explorer-data"> (written by aevb/inspect/report.py): float32 weights as base64,
 // the training encodings to draw, and which latent dimensions span the plane. No server, no libraries.
 (function () {
   "use strict";

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from .. import runs
+from ..likelihoods import BernoulliHead, CategoricalHead, GaussianHead
 from ..load import load_run
 from ..version import __version__
 from .diagnostics import ACTIVE_THRESHOLD, active_units, kl_per_dim, posterior_means
-from ..likelihoods import BernoulliHead, CategoricalHead, GaussianHead
 from .plots import LABEL_COLORS, display_scale, png_bytes, run_figures, top_dims
 
 # What the in-page decoder implements: nets.ACTIVATIONS's modules (and sigmoid) and every likelihood's mean.

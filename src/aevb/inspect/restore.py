@@ -152,25 +152,31 @@ def _inpaint(model, truth, observed, missing, pixel_mean, steps, opt_steps, samp
     kinds = {"mean_fill": "baseline", "iterative": "vae", "optimize": "vae", "importance": "vae"}
     loglik = {}
     if truth is not None:
-        loglik = _missing_loglik(model, truth, missing, fill, {"iterative": z_it, "optimize": z_op}, batch_size)
+        loglik = _latent_loglik(model, truth, missing, {"iterative": z_it, "optimize": z_op}, batch_size)
         loglik["importance"] = ll_imp
+        if model.config.likelihood == "bernoulli":
+            loglik["mean_fill"] = _mean_fill_loglik(truth, missing, fill)
     shown = torch.where(missing, torch.full_like(x_obs, 0.5), x_obs)
     settings.update(samples=samples, missing_fraction=float(missing.float().mean()))
     return Restoration("inpaint", shown, outputs, kinds, truth, missing, loglik, settings)
 
 
-def _missing_loglik(model, truth, missing, fill, latents: dict, batch_size: int) -> dict:
-    """log p(x_missing | z) per image at each method's latent, and under the mean fill (Bernoulli likelihood)."""
+def _latent_loglik(model, truth, missing, latents: dict, batch_size: int) -> dict:
+    """log p(x_missing | z) per image at each method's latent."""
     loglik = {}
     miss = missing.to(truth.dtype)
     with torch.no_grad():
         for name, z in latents.items():
             loglik[name] = _batched(lambda zz, t, m: (_pixel_log_prob(model, zz, t) * m).sum(-1), batch_size,
                                     z, truth, miss)
-    if model.config.likelihood == "bernoulli":
-        p = fill.clamp(1e-6, 1 - 1e-6)
-        loglik["mean_fill"] = (GreyLevelBernoulli(probs=p, validate_args=False).log_prob(truth) * miss).sum(-1)
     return loglik
+
+
+def _mean_fill_loglik(truth, missing, fill) -> torch.Tensor:
+    """log p(x_missing) per image under independent grey-level Bernoullis with the mean fill as probabilities."""
+    p = fill.clamp(1e-6, 1 - 1e-6)
+    miss = missing.to(truth.dtype)
+    return (GreyLevelBernoulli(probs=p, validate_args=False).log_prob(truth) * miss).sum(-1)
 
 
 def _superres(model, image_shape, truth, observed, factor, steps, opt_steps, batch_size, settings) -> Restoration:

@@ -284,6 +284,17 @@ def test_log_likelihood_dispatches_and_rejects_unknown_names():
         importance_sampling(lg, x, num_samples=0)
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_estimates_carry_no_autograd_graph(nonlinear, method):
+    # the estimators run without gradients: a graph kept over every chunk would grow memory with the work done
+    model, x, _ = nonlinear
+    kw = {"is": dict(num_samples=20), "hmc": dict(num_samples=4), "ais": dict(num_steps=3, num_chains=2),
+          "grid": dict(points_per_dim=9)}[method]
+    if method != "grid":
+        kw["seed"] = 0
+    assert not log_likelihood(model, x[:2], method, **kw)["log_px"].requires_grad
+
+
 def test_seed_is_reproducible_and_leaves_the_global_stream_alone():
     lg = imperfect(2)
     x = lg.sample_x(3)

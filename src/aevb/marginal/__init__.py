@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from .ais import ais
+from .ais import ais, sigmoid_schedule
 from .grid import grid
 from .hmc import hmc_estimator
 from .importance import importance_sampling
+
+__all__ = ["METHODS", "ais", "grid", "hmc_estimator", "importance_sampling", "log_likelihood", "sigmoid_schedule"]
 
 METHODS = {"is": importance_sampling, "hmc": hmc_estimator, "ais": ais, "grid": grid}
 

@@ -9,6 +9,7 @@ from torch.distributions import constraints
 from .common import _check_positive, _chunk_size, _evaluating, _log_likelihood, _summary
 
 
+@torch.no_grad()
 def grid(model, x: torch.Tensor, *, points_per_dim: int | None = None, limit: float = 6.0,
          batch_size: int = 100) -> dict:
     """log p(x) = log sum_z p(x|z) p(z) Delta over a regular grid on [-limit, limit]^Dz (Dz <= 2).

@@ -6,6 +6,7 @@ import argparse
 import torch
 
 from ..data import load
+from ..load import load_run
 
 
 class UsageError(Exception):
@@ -32,6 +33,12 @@ def device(name: str) -> torch.device:
 def load_data(data_cfg: dict, data_dir):
     """The data set a run's config names (its `data` section), from `data_dir` or aevb's search path."""
     return load(data_cfg["dataset"], split=data_cfg["split"], data_dir=data_dir)
+
+
+def run_and_data(run, data_dir, device="cpu"):
+    """(model, config, data set) of a run folder; `data_dir` overrides the data folder the run recorded."""
+    model, config = load_run(run, device=device)
+    return model, config, load_data(config["data"], data_dir or config["data"]["data_dir"])
 
 
 def check_positive(**flags) -> None:

@@ -15,19 +15,24 @@ from ..inspect.plots import sample_grid, save_image
 from ..load import load_run
 from ..marginal import log_likelihood
 from ..train import EVAL_BINARIZATION_SEEDS
-from .common import UsageError, compile_failed, device as get_device, load_data
+from .common import UsageError, check_positive, compile_failed, device as get_device, run_and_data
 
 
 K_NAMES = {"is": "num_samples", "hmc": "num_samples", "ais": "num_chains"}
 
 
+def _split(args, config, ds, device):
+    """The datapoints --split and --limit choose, with the trainer's fixed binarization where the run binarized."""
+    x = ds.test if args.split == "test" else ds.train
+    if config["train"].get("binarize", "none") != "none":
+        x = binarize_static(x, seed=EVAL_BINARIZATION_SEEDS[args.split])
+    return x[: args.limit].to(device) if args.limit else x.to(device)
+
+
 def _eval_marginal(args, model, config, ds, device) -> dict:
     """log p(x) on one split by the chosen estimator, with the ELBO and bits/dim of the same datapoints."""
-    x = ds.test if args.split == "test" else ds.train
+    x = _split(args, config, ds, device)
     binarize = config["train"].get("binarize", "none")
-    if binarize != "none":
-        x = binarize_static(x, seed=EVAL_BINARIZATION_SEEDS[args.split])
-    x = x[: args.limit].to(device) if args.limit else x.to(device)
     kw = {"seed": args.seed} if args.method != "grid" else {}
     if args.k is not None and args.method in K_NAMES:
         kw[K_NAMES[args.method]] = args.k
@@ -54,13 +59,8 @@ def _eval_diagnostics(args, model, config, ds, device) -> dict:
     for flag, v in (("--gap-points", args.gap_points), ("--gap-is", args.gap_is)):
         if v < 0:
             raise UsageError(f"{flag} must be >= 0, got {v}")
-    if args.gap_steps < 1:
-        raise UsageError(f"--gap-steps must be >= 1, got {args.gap_steps}")
-    x = ds.test if args.split == "test" else ds.train
-    binarize = config["train"].get("binarize", "none")
-    if binarize != "none":
-        x = binarize_static(x, seed=EVAL_BINARIZATION_SEEDS[args.split])
-    x = x[: args.limit].to(device) if args.limit else x.to(device)
+    check_positive(gap_steps=args.gap_steps)
+    x = _split(args, config, ds, device)
     start = time.perf_counter()
     result = diagnose(model, x, gap_points=args.gap_points, gap_steps=args.gap_steps, gap_is_samples=args.gap_is,
                       seed=args.seed)
@@ -68,15 +68,13 @@ def _eval_diagnostics(args, model, config, ds, device) -> dict:
 
 
 def cmd_eval(args) -> int:
-    if args.num_samples < 1:
-        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    check_positive(num_samples=args.num_samples)
     if args.diagnostics and args.method:
         raise UsageError("--diagnostics and --method are separate evaluations; give one of them")
     if args.compile and args.method != "is":
         raise UsageError("--compile applies to --method is")
     device = get_device(args.device)
-    model, config = load_run(args.run, device=device)
-    ds = load_data(config["data"], args.data_dir or config["data"]["data_dir"])
+    model, config, ds = run_and_data(args.run, args.data_dir, device)
     if args.diagnostics:
         print(json.dumps(_eval_diagnostics(args, model, config, ds, device)))
         return 0
@@ -101,8 +99,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    if args.n < 1:
-        raise UsageError(f"--n must be >= 1, got {args.n}")
+    check_positive(n=args.n)
     model, config = load_run(args.run)
     out = Path(args.out or Path(args.run) / "samples.png")
     save_image(out, sample_grid(model, tuple(config["data"]["image_shape"]), n=args.n, seed=args.seed))

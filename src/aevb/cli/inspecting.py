@@ -8,17 +8,11 @@ from .. import runs
 from ..inspect.plots import display_scale, png_bytes, run_figures, write_figures
 from ..inspect.report import write_report
 from ..inspect.restore import MASKS, comparison_figure, make_mask, read_images, run_task, summarize
-from ..load import load_run
-from .common import UsageError, device as get_device, load_data
-
-
-def _run_data(run, data_dir):
-    model, config = load_run(run)
-    return model, config, load_data(config["data"], data_dir or config["data"]["data_dir"])
+from .common import UsageError, check_positive, device as get_device, run_and_data
 
 
 def cmd_plot(args) -> int:
-    model, config, ds = _run_data(args.run, args.data_dir)
+    model, config, ds = run_and_data(args.run, args.data_dir)
     figures = run_figures(model, config, ds, runs.read_metrics(args.run), seed=args.seed)
     scale = display_scale(config["data"]["image_shape"])
     for path in write_figures(figures, Path(args.out or Path(args.run) / "plots"), scale):
@@ -27,14 +21,13 @@ def cmd_plot(args) -> int:
 
 
 def cmd_report(args) -> int:
-    if args.points < 1:
-        raise UsageError(f"--points must be >= 1, got {args.points}")
+    check_positive(points=args.points)
     include = {Path(f).name: runs.read_json(f) for f in args.include}
     for name, data in include.items():
         if not isinstance(data, dict):
             raise UsageError(f"--include {name}: expected a JSON object")
     out = Path(args.out or Path(args.run) / "report.html")
-    _, _, ds = _run_data(args.run, args.data_dir)
+    _, _, ds = run_and_data(args.run, args.data_dir)
     write_report(args.run, out, ds, dims=args.dims, points=args.points, include=include,
                  explorer=not args.no_explorer, seed=args.seed)
     print(out)
@@ -42,16 +35,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_restore(args) -> int:
-    for flag, v in (("--steps", args.steps), ("--opt-steps", args.opt_steps), ("--samples", args.samples),
-                    ("--show", args.show)):
-        if v < 1:
-            raise UsageError(f"{flag} must be >= 1, got {v}")
+    check_positive(steps=args.steps, opt_steps=args.opt_steps, samples=args.samples, show=args.show)
     if args.observed and not args.images:
         raise UsageError("--observed needs --images")
-    device = get_device(args.device)
-    model, config = load_run(args.run, device=device)
+    model, config, ds = run_and_data(args.run, args.data_dir, get_device(args.device))
     shape = tuple(config["data"]["image_shape"])
-    ds = load_data(config["data"], args.data_dir or config["data"]["data_dir"])
     x, source = _restore_inputs(args, shape, ds, config)
     missing = _inpaint_mask(args, x, shape) if args.task == "inpaint" else None
     kw = {"observed": x} if args.observed else {"truth": x}

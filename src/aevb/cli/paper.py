@@ -6,22 +6,18 @@ from pathlib import Path
 import torch
 
 from ..paper import reproduce
-from .common import UsageError
+from .common import UsageError, check_positive
 
 
 def cmd_reproduce(args) -> int:
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    if args.jobs < 1:
-        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    check_positive(threads=args.threads, jobs=args.jobs)
     if args.jobs == 1 and args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.baseline_samples is not None and args.figure not in ("fig2", "fig3"):
         raise UsageError("--baseline-samples applies to fig2 and fig3 (the figures with baselines)")
     if args.seeds != 1 and args.figure != "fig2":
         raise UsageError("--seeds applies to fig2")
-    if args.seeds < 1:
-        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    check_positive(seeds=args.seeds)
     samples = reproduce.training_length(args.figure, args.samples, args.budget)
     out = Path(args.out)
     try:

@@ -14,14 +14,13 @@ from ..load import model_config, train_config
 from ..train import TrainConfig, check_data, fit
 from ..train.presets import merge
 from ..version import __version__
-from .common import UsageError, check_tensorboard, compile_failed, device as get_device, load_data
+from .common import UsageError, check_positive, check_tensorboard, compile_failed, device as get_device, load_data
 from .parser import given_options, run_flags
 
 
 def cmd_train(args) -> int:
+    check_positive(threads=args.threads)
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     device = get_device(args.device)
     world, device = distributed.setup(device, args.dist_timeout)

@@ -131,15 +131,18 @@ def _closed_form_kl(model, q, prior):
     """KL(q || prior) in closed form; a ValueError naming the pair where there is none (never Monte Carlo)."""
     known = analytic_kl(model)
     if known is False:  # asked, not caught: torch.compile cannot resume a graph break in a try
-        raise ValueError(f"estimator sgvb_b needs an analytic KL, and there is none for "
-                         f"{_name(q)} || {_name(prior)}; use sgvb_a")
+        raise _no_closed_form(q, prior)
     if known:
         return kl_divergence(q, prior)
     try:  # a model that does not state it
         return kl_divergence(q, prior)
     except NotImplementedError:
-        raise ValueError(f"estimator sgvb_b needs an analytic KL, and there is none for "
-                         f"{_name(q)} || {_name(prior)}; use sgvb_a") from None
+        raise _no_closed_form(q, prior) from None
+
+
+def _no_closed_form(q, prior) -> ValueError:
+    return ValueError(f"estimator sgvb_b needs an analytic KL, and there is none for {_name(q)} || {_name(prior)}; "
+                      "use sgvb_a")
 
 
 def resolve_estimator(name: str, model) -> str:
@@ -153,10 +156,10 @@ def resolve_estimator(name: str, model) -> str:
     """
     if name not in ESTIMATORS and name != "auto":
         raise ValueError(f"unknown estimator {name!r}; choose from auto, {', '.join(ESTIMATORS)}")
-    analytic = bool(analytic_kl(model))
+    known = analytic_kl(model)
     if name == "auto":
-        return "sgvb_b" if analytic else "sgvb_a"
-    if ESTIMATORS[name].analytic_kl and analytic_kl(model) is False:
+        return "sgvb_b" if known else "sgvb_a"
+    if ESTIMATORS[name].analytic_kl and known is False:
         c = getattr(model, "config", None)
         pair = f"the {c.posterior} posterior with the {c.prior} prior" if c is not None else "this model's pair"
         raise ValueError(f"estimator {name} needs an analytic KL, and there is none for {pair}; use --estimator "

@@ -23,21 +23,10 @@ INITS = ("paper", "torch")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a VAE.
-
-    Attributes:
-        x_dim: data dimension D.
-        latent_dim: Nz, the dimension of z.
-        hidden: widths of the encoder's hidden layers; the decoder mirrors them.
-        activation: a key of nets.ACTIVATIONS ("tanh" in the paper).
-        likelihood: a key of likelihoods.LIKELIHOODS ("bernoulli", "gaussian", "gaussian-sigmoid").
-        init: "paper" (all weights N(0, 0.01^2); encoder log-variance weights and bias and the decoder output
-            bias at zero) or "torch" (PyTorch's default Linear init).
-        posterior: the family of q(z|x), a key of families.POSTERIORS ("normal" is the paper's).
-        prior: a key of families.PRIORS with a support matching the posterior's; None means the posterior
-            family's standard member (N(0, I) for "normal").
-        levels: K, the number of grey levels of the "categorical" likelihood.
-    """
+    """Architecture of a VAE: the data dimension `x_dim` and the options declared below (each with its help, as
+    `aevb train --help` shows it). init="paper" draws all weights from N(0, 0.01^2) and zeroes the encoder's
+    log-variance weights and bias and the decoder's output bias; prior=None is the posterior family's standard
+    member (N(0, I) for "normal")."""
 
     x_dim: int
     latent_dim: int = opt.option(20, "Nz, the dimension of z (default 20)")

@@ -99,9 +99,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    from .inspecting import require_images
+
     check_positive(n=args.n)
     model, config = load_run(args.run)
+    shape = require_images(config, args.run)  # grey or RGB; a run on tabular data has none
     out = Path(args.out or Path(args.run) / "samples.png")
-    save_image(out, sample_grid(model, tuple(config["data"]["image_shape"]), n=args.n, seed=args.seed))
+    save_image(out, sample_grid(model, shape, n=args.n, seed=args.seed))
     print(out)
     return 0

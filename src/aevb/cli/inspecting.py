@@ -1,20 +1,30 @@
-"""`aevb plot`, `aevb report` and `aevb restore`: pictures, the HTML report and restoration of a trained run."""
+"""`aevb plot`, `aevb report` and `aevb restore`: pictures, the HTML report and restoration of a trained run
+(grey or RGB images; a run on tabular data has none and is refused)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from .. import runs
-from ..inspect.plots import display_scale, png_bytes, run_figures, write_figures
+from ..inspect.plots import check_image, display_scale, png_bytes, run_figures, write_figures
 from ..inspect.report import write_report
-from ..inspect.restore import MASKS, comparison_figure, make_mask, read_images, run_task, summarize
+from ..inspect.restore import (MASKS, comparison_figure, low_shape, make_mask, read_images, run_task, spread_mask,
+                               summarize)
 from .common import UsageError, check_positive, device as get_device, run_and_data
+
+
+def require_images(config: dict, run) -> tuple[int, ...]:
+    """The run's image shape ([H, W] or [C, H, W]); a UsageError when its data have no images (tabular)."""
+    try:
+        return check_image(config.get("data", {}).get("image_shape"))
+    except ValueError as e:
+        raise UsageError(f"{run}: {e}") from None
 
 
 def cmd_plot(args) -> int:
     model, config, ds = run_and_data(args.run, args.data_dir)
+    scale = display_scale(require_images(config, args.run))
     figures = run_figures(model, config, ds, runs.read_metrics(args.run), seed=args.seed)
-    scale = display_scale(config["data"]["image_shape"])
     for path in write_figures(figures, Path(args.out or Path(args.run) / "plots"), scale):
         print(path)
     return 0
@@ -27,7 +37,8 @@ def cmd_report(args) -> int:
         if not isinstance(data, dict):
             raise UsageError(f"--include {name}: expected a JSON object")
     out = Path(args.out or Path(args.run) / "report.html")
-    _, _, ds = run_and_data(args.run, args.data_dir)
+    _, config, ds = run_and_data(args.run, args.data_dir)
+    require_images(config, args.run)
     write_report(args.run, out, ds, dims=args.dims, points=args.points, include=include,
                  explorer=not args.no_explorer, seed=args.seed)
     print(out)
@@ -39,7 +50,7 @@ def cmd_restore(args) -> int:
     if args.observed and not args.images:
         raise UsageError("--observed needs --images")
     model, config, ds = run_and_data(args.run, args.data_dir, get_device(args.device))
-    shape = tuple(config["data"]["image_shape"])
+    shape = require_images(config, args.run)
     x, source = _restore_inputs(args, shape, ds, config)
     missing = _inpaint_mask(args, x, shape) if args.task == "inpaint" else None
     kw = {"observed": x} if args.observed else {"truth": x}
@@ -63,18 +74,19 @@ def _restore_inputs(args, shape, ds, config):
         return x, f"{config['data']['dataset']} test set" + (f", first {x.shape[0]}" if args.limit else "")
     in_shape = shape
     if args.observed and args.task == "superres":
-        if shape[0] % args.factor or shape[1] % args.factor:
-            raise UsageError(f"images of {shape[0]}x{shape[1]} pixels do not divide into {args.factor}x"
-                             f"{args.factor} blocks")
-        in_shape = (shape[0] // args.factor, shape[1] // args.factor)
+        try:
+            in_shape = low_shape(shape, args.factor)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     return read_images(args.images, in_shape), [str(p) for p in args.images]
 
 
 def _inpaint_mask(args, x, shape):
-    """The missing pixels (N, D) of --mask: a named pattern, or a PNG/.npy mask file."""
+    """The missing values (N, D) of --mask: a named pattern, or a PNG/.npy mask file of H x W pixels (a pixel
+    it marks is missing in every channel)."""
     if args.mask in MASKS:
         return make_mask(args.mask, x.shape[0], shape, fraction=args.missing, seed=args.seed)
-    m = read_images([args.mask], shape) > 0
+    m = spread_mask(read_images([args.mask], shape[-2:]) > 0, shape)
     if m.shape[0] not in (1, x.shape[0]):
         raise UsageError(f"--mask {args.mask}: {m.shape[0]} masks for {x.shape[0]} images")
     missing = m.expand(x.shape[0], -1).clone()

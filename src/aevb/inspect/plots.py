@@ -1,8 +1,12 @@
 """Pictures from a model or from arrays: image grids, random samples, the 2-D manifold (Figures 4 and 5), learning
 curves, reconstructions, latent traversals and interpolations, the latent space coloured by label, KL per dimension.
 
-Grids are float arrays in [0, 1]; figures are matplotlib Figures drawn without pyplot; `png_bytes` turns either
-into PNG bytes, and every file is written atomically.
+A data row is flat: D = C*H*W values in [0, 1] in C-major order, `image_shape` being [H, W] for one channel and
+[C, H, W] for C channels (C = 1 or 3), so `x.reshape(-1, *image_shape)` is NCHW. `as_images` turns rows into
+pictures for display, (N, H, W) grey or (N, H, W, 3) RGB; tabular data (`image_shape` None) have none (`is_image`).
+
+Grids are float arrays in [0, 1], (rows, columns) grey or (rows, columns, 3) RGB; figures are matplotlib Figures
+drawn without pyplot; `png_bytes` turns either into PNG bytes, and every file is written atomically.
 """
 from __future__ import annotations
 
@@ -20,12 +24,47 @@ LABEL_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"
                 "#17becf")  # matplotlib's tab10, also used by the report's explorer
 
 
+def is_image(image_shape) -> bool:
+    """Whether a data set's `image_shape` describes pictures aevb can draw: [H, W], or [C, H, W] with C = 1 or 3.
+    None (tabular data) is not."""
+    if image_shape is None:
+        return False
+    shape = tuple(image_shape)
+    return len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, 3))
+
+
+def check_image(image_shape) -> tuple[int, ...]:
+    """`image_shape` as a tuple of ints.
+
+    Raises:
+        ValueError: (one line) the data have no images (None), or a shape that is not [H, W] or [C, H, W] with
+            C = 1 or 3.
+    """
+    if image_shape is None:
+        raise ValueError("the run has no images (its data are tabular, image_shape is null): nothing to draw")
+    if not is_image(image_shape):
+        raise ValueError(f"cannot draw images of shape {list(image_shape)}: expected [H, W] or [C, H, W] with C = 1 "
+                         "or 3")
+    return tuple(int(v) for v in image_shape)
+
+
+def as_images(rows, image_shape) -> np.ndarray:
+    """Flat rows (N, D) (numpy or torch; D = C*H*W, C-major) as pictures: (N, H, W) for one channel, (N, H, W, 3)
+    for RGB (channels last, as image arrays are displayed)."""
+    shape = check_image(image_shape)
+    a = rows.detach().cpu().numpy() if torch.is_tensor(rows) else np.asarray(rows)
+    if len(shape) == 2 or shape[0] == 1:
+        return a.reshape(-1, *shape[-2:])
+    return a.reshape(-1, *shape).transpose(0, 2, 3, 1)
+
+
 def image_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tile (N, H, W) images in [0, 1] into one (rows*(H+pad)+pad, cols*(W+pad)+pad) array, white padding."""
-    n, h, w = images.shape
+    """Tile (N, H, W) grey or (N, H, W, 3) RGB images in [0, 1] into one (rows*(H+pad)+pad, cols*(W+pad)+pad)
+    array (with the channel axis last for RGB), white padding."""
+    n, h, w = images.shape[:3]
     ncol = ncol or math.ceil(math.sqrt(n))
     nrow = math.ceil(n / ncol)
-    grid = np.ones((nrow * (h + pad) + pad, ncol * (w + pad) + pad), dtype=np.float32)
+    grid = np.ones((nrow * (h + pad) + pad, ncol * (w + pad) + pad, *images.shape[3:]), dtype=np.float32)
     for i, img in enumerate(images):
         r, c = divmod(i, ncol)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
@@ -33,11 +72,16 @@ def image_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.
 
 
 def grid_png(array: np.ndarray, scale: int = 2) -> bytes:
-    """PNG bytes of a grey-level array in [0, 1], each pixel repeated `scale` times for legibility."""
+    """PNG bytes of a grey-level (H, W) or RGB (H, W, 3) array in [0, 1], each pixel repeated `scale` times for
+    legibility. Grey goes through matplotlib's 256-level gray colormap; RGB values become round(255 v)."""
     import matplotlib.image
 
-    big = np.kron(np.clip(array, 0, 1), np.ones((scale, scale), dtype=np.float32))
     buf = io.BytesIO()
+    if array.ndim == 3:
+        big = np.repeat(np.repeat(np.clip(array, 0, 1), scale, 0), scale, 1)
+        matplotlib.image.imsave(buf, np.round(big * 255).astype(np.uint8), format="png")
+        return buf.getvalue()
+    big = np.kron(np.clip(array, 0, 1), np.ones((scale, scale), dtype=np.float32))
     matplotlib.image.imsave(buf, big, cmap="gray", vmin=0.0, vmax=1.0, format="png")
     return buf.getvalue()
 
@@ -58,12 +102,15 @@ def png_bytes(picture, scale: int = 2) -> bytes:
 
 
 def display_scale(image_shape) -> int:
-    """Pixel repetition that draws each image about 56 pixels tall (2 for MNIST's 28x28, 7 for 8x8 digits)."""
-    return max(2, 56 // max(image_shape))
+    """Pixel repetition that draws each image about 56 pixels across its longer side (2 for MNIST's 28x28, 7 for
+    8x8 digits, 2 for 32x32); images larger than 56 pixels are drawn as they are (1)."""
+    longest = max(check_image(image_shape)[-2:])
+    return max(2, 56 // longest) if longest <= 56 else 1
 
 
 def save_image(path, array: np.ndarray, scale: int = 2) -> Path:
-    """Write a grey-level array in [0, 1] as a PNG (atomically), each pixel repeated `scale` times."""
+    """Write a grey-level (H, W) or RGB (H, W, 3) array in [0, 1] as a PNG (atomically), each pixel repeated
+    `scale` times."""
     runs.write_bytes(Path(path), grid_png(array, scale))
     return Path(path)
 
@@ -79,16 +126,16 @@ def decode_mean(model, z: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def sample_grid(model, image_shape: tuple[int, int], n: int = 100, seed: int = 0) -> np.ndarray:
-    """Decoder means of n draws z ~ p(z) (Figure 5), tiled into one array."""
+def sample_grid(model, image_shape, n: int = 100, seed: int = 0) -> np.ndarray:
+    """Decoder means of n draws z ~ p(z) (Figure 5), tiled into one array; `image_shape` [H, W] or [C, H, W]."""
     gen = torch.Generator().manual_seed(seed)
     dz = model.config.latent_dim
     z = torch.randn(n, dz, generator=gen)
-    return image_grid(decode_mean(model, z).reshape(n, *image_shape))
+    return image_grid(as_images(decode_mean(model, z), image_shape))
 
 
 @torch.no_grad()
-def manifold_grid(model, image_shape: tuple[int, int], n: int = 20, dims: tuple[int, int] = (0, 1)) -> np.ndarray:
+def manifold_grid(model, image_shape, n: int = 20, dims: tuple[int, int] = (0, 1)) -> np.ndarray:
     """Figure 4: a regular grid on the unit square mapped through the inverse Gaussian CDF into two latent dims.
 
     Other latent dimensions are held at the prior mean 0.
@@ -99,7 +146,7 @@ def manifold_grid(model, image_shape: tuple[int, int], n: int = 20, dims: tuple[
     z = torch.zeros(n, n, dz)
     z[..., dims[0]] = v.flip(0)[:, None]  # first dim grows upward
     z[..., dims[1]] = v[None, :]
-    return image_grid(decode_mean(model, z.reshape(-1, dz)).reshape(n * n, *image_shape), ncol=n)
+    return image_grid(as_images(decode_mean(model, z.reshape(-1, dz)), image_shape), ncol=n)
 
 
 @torch.no_grad()
@@ -109,7 +156,7 @@ def reconstruct(model, x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def reconstruction_grid(model, x: torch.Tensor, image_shape: tuple[int, int], ncol: int = 10) -> np.ndarray:
+def reconstruction_grid(model, x: torch.Tensor, image_shape, ncol: int = 10) -> np.ndarray:
     """Inputs and their reconstructions in alternating rows: row 2k holds inputs, row 2k+1 their reconstructions."""
     n = x.shape[0] - x.shape[0] % ncol or x.shape[0]
     x = x[:n]
@@ -117,11 +164,11 @@ def reconstruction_grid(model, x: torch.Tensor, image_shape: tuple[int, int], nc
     rows = []
     for start in range(0, n, ncol):
         rows += [x[start:start + ncol].cpu().numpy(), rec[start:start + ncol]]
-    return image_grid(np.concatenate(rows).reshape(-1, *image_shape), ncol=min(ncol, n))
+    return image_grid(as_images(np.concatenate(rows), image_shape), ncol=min(ncol, n))
 
 
 @torch.no_grad()
-def traversal_grid(model, base: torch.Tensor, dims, image_shape: tuple[int, int],
+def traversal_grid(model, base: torch.Tensor, dims, image_shape,
                    values: torch.Tensor | None = None) -> np.ndarray:
     """One row per latent dimension j in `dims`: decoder means at `base` (Dz,) with z_j set to each of `values`
     (default 11 values from -3 to 3)."""
@@ -131,11 +178,11 @@ def traversal_grid(model, base: torch.Tensor, dims, image_shape: tuple[int, int]
     for row, j in enumerate(dims):
         z[row, :, j] = values
     x = decode_mean(model, z.reshape(-1, z.shape[-1]))
-    return image_grid(x.reshape(-1, *image_shape), ncol=len(values))
+    return image_grid(as_images(x, image_shape), ncol=len(values))
 
 
 @torch.no_grad()
-def interpolation_grid(model, x_a: torch.Tensor, x_b: torch.Tensor, image_shape: tuple[int, int],
+def interpolation_grid(model, x_a: torch.Tensor, x_b: torch.Tensor, image_shape,
                        steps: int = 10) -> np.ndarray:
     """One row per pair: input a, decoder means along the straight line between E_q[z|a] and E_q[z|b] (`steps`
     points, ends included), input b."""
@@ -144,7 +191,7 @@ def interpolation_grid(model, x_a: torch.Tensor, x_b: torch.Tensor, image_shape:
     z = za[:, None] + t * (zb - za)[:, None]  # (P, steps, Dz)
     dec = decode_mean(model, z.reshape(-1, z.shape[-1])).reshape(len(za), steps, -1)
     rows = np.concatenate([x_a.cpu().numpy()[:, None], dec, x_b.cpu().numpy()[:, None]], axis=1)
-    return image_grid(rows.reshape(-1, *image_shape), ncol=steps + 2)
+    return image_grid(as_images(rows.reshape(-1, rows.shape[-1]), image_shape), ncol=steps + 2)
 
 
 def project_2d(means: np.ndarray, dims: tuple[int, int] | None = None) -> tuple[np.ndarray, list[str]]:
@@ -160,8 +207,14 @@ def project_2d(means: np.ndarray, dims: tuple[int, int] | None = None) -> tuple[
     return centred @ vt[:2].T, [f"PC 1 ({share[0]:.0%} of variance)", f"PC 2 ({share[1]:.0%} of variance)"]
 
 
-def latent_figure(means: np.ndarray, labels: np.ndarray | None):
-    """Scatter of the posterior means coloured by label: direct for Dz = 2, a PCA projection otherwise."""
+def label_name(k: int, class_names=None) -> str:
+    """A label's name in legends: its class name where the data set has them (folder data sets), else the number."""
+    return str(class_names[k]) if class_names is not None and 0 <= k < len(class_names) else str(k)
+
+
+def latent_figure(means: np.ndarray, labels: np.ndarray | None, class_names=None):
+    """Scatter of the posterior means coloured by label: direct for Dz = 2, a PCA projection otherwise. The legend
+    names each label by `class_names[label]` when given."""
     from matplotlib.figure import Figure
 
     pts, axis_labels = project_2d(means)
@@ -173,8 +226,9 @@ def latent_figure(means: np.ndarray, labels: np.ndarray | None):
         for k in np.unique(labels):
             sel = labels == k
             ax.scatter(pts[sel, 0], pts[sel, 1], s=3, alpha=0.6, color=LABEL_COLORS[int(k) % 10], linewidths=0,
-                       label=str(int(k)))
-        ax.legend(markerscale=4, fontsize=8, loc="upper right", title="label", title_fontsize=8)
+                       label=label_name(int(k), class_names))
+        ax.legend(markerscale=4, fontsize=8, loc="upper right", title="class" if class_names else "label",
+                  title_fontsize=8)
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     how = "posterior means" if means.shape[1] == 2 else f"posterior means, Nz = {means.shape[1]}, projected by PCA"
@@ -237,9 +291,13 @@ def run_figures(model, config: dict, ds, metrics: list[dict], *, n_latent: int =
     """Every picture of a trained run: name -> (caption, grid array or Figure).
 
     Uses the test split: reconstructions of its first images, its first `n_latent` points for the latent space,
-    the whole split for KL per dimension and active units.
+    the whole split for KL per dimension and active units. The latent space's legend uses the config's
+    `data.class_names` when present.
+
+    Raises:
+        ValueError: the run's data have no images (`data.image_shape` null).
     """
-    shape = tuple(config["data"]["image_shape"])
+    shape = check_image(config["data"].get("image_shape"))
     dz = model.config.latent_dim
     device = _device(model)
     x = ds.test.to(device)
@@ -269,13 +327,20 @@ def run_figures(model, config: dict, ds, metrics: list[dict], *, n_latent: int =
     labels = ds.test_labels[:n_latent].numpy() if ds.test_labels is not None else None
     out["latent"] = ("Posterior means of test images coloured by label" + ("" if dz == 2 else
                      " (first two principal components)") + ".",
-                     latent_figure(means_all[:n_latent].cpu().numpy(), labels))
+                     latent_figure(means_all[:n_latent].cpu().numpy(), labels, class_names(config, ds)))
     try:
         kl = kl_per_dim(model, x).cpu().numpy()
         out["kl"] = ("KL per latent dimension on the test set; active units in colour.", kl_figure(kl, var, threshold))
     except ValueError:
         pass  # a posterior that does not factorize over dimensions has no per-dimension KL
     return out
+
+
+def class_names(config: dict, ds=None) -> list[str] | None:
+    """The class names of a run's labels (index = label): the config's `data.class_names`, else the data set's
+    `class_names` attribute, else None."""
+    names = config.get("data", {}).get("class_names") or getattr(ds, "class_names", None)
+    return [str(v) for v in names] if names else None
 
 
 def write_figures(figures: dict[str, tuple[str, object]], out_dir, scale: int = 2) -> list[Path]:

@@ -1,14 +1,15 @@
 """Image restoration with a trained VAE as the prior over images: denoising, inpainting, super-resolution.
 
-Every task compares the VAE's answers with naive baselines by PSNR (per image, 10 log10(1 / MSE) for grey levels
-in [0, 1], then averaged over images):
+Images are grey ([H, W]) or have C channels ([C, H, W], C = 3 for RGB), each an (N, D) row of D = C*H*W values in
+[0, 1], C-major. Every task compares the VAE's answers with naive baselines by PSNR (per image, 10 log10(1 / MSE)
+over all its values, then averaged over images):
 
 - denoise: Gaussian noise of std `noise`, clipped to [0, 1]. VAE: the posterior reconstruction, the decoder mean
   at the encoder's posterior mean of the noisy image (`reconstruction`), and latent optimization under the known
   noise model (`optimize`: z maximizing -|mean(z) - noisy|^2 / (2 noise^2) + log p(z) by Adam from the encoder's
   posterior mean; the output is the decoder mean there). Baselines: the noisy image itself (`noisy`) and a 3x3
-  box filter (`box3`).
-- inpaint: a mask of missing pixels. VAE: `iterative` (fill with the pixel means, then repeat `steps` times:
+  box filter of each channel (`box3`).
+- inpaint: a mask of missing pixels (a missing pixel is missing in every channel). VAE: `iterative` (fill with the pixel means, then repeat `steps` times:
   encode, decode, keep the observed pixels, replace the missing ones by the decoder mean at the posterior mean),
   `optimize` (latent optimization: z maximizing log p(x_observed | z) + log p(z) by Adam, started at the
   encoder's posterior mean of the mean-filled image; the missing pixels are the decoder mean there) and
@@ -18,7 +19,7 @@ in [0, 1], then averaged over images):
   the log-likelihood of the missing pixels (nats per image) under each method's predictive distribution, where
   one is defined (the mean fill has one for the Bernoulli likelihood: independent Bernoulli pixels with the
   training means as probabilities).
-- superres: the observation is the f x f block average (f = 2 or 4). VAE: `iterative` (start from the bilinear
+- superres: the observation is the f x f block average of each channel (f = 2 or 4). VAE: `iterative` (start from the bilinear
   upsampling, then repeat: encode, decode, project onto the images in [0, 1] whose block averages are the
   observation: per block, shift all pixels by one constant and clip, the shift found by bisection) and `optimize`
   (z minimizing |pool(mean(z)) - y|^2 / (2 obs_noise^2) - log p(z), then the same back-projection). Baselines:
@@ -34,17 +35,18 @@ import numpy as np
 import torch
 
 from ..likelihoods import GreyLevelBernoulli
-from .restore_methods import (FACTORS, MASKS, PSNR_CAP, _back_project, _check_factor, _dev,  # noqa: F401
-                              _pixel_log_prob, add_noise, box_filter, denoise_optimize, downsample, inpaint_importance,
-                              inpaint_iterative, inpaint_optimize, make_mask, posterior_reconstruction, psnr,
-                              superres_iterative, superres_optimize, upsample)
+from .restore_methods import (FACTORS, MASKS, PSNR_CAP, _back_project, _dev,  # noqa: F401
+                              _pixel_log_prob, add_noise, box_filter, channels_hw, denoise_optimize, downsample,
+                              inpaint_importance, inpaint_iterative, inpaint_optimize, low_shape, make_mask,
+                              posterior_reconstruction, psnr, spread_mask, superres_iterative, superres_optimize,
+                              upsample)
 
 TASKS = ("denoise", "inpaint", "superres")
 
 
 @dataclass
 class Restoration:
-    """What a task produced: (N, D) tensors of grey levels in [0, 1]; `truth` is None for observed-only inputs.
+    """What a task produced: (N, D) tensors of values in [0, 1]; `truth` is None for observed-only inputs.
 
     `observed` is the corrupted input as an (N, D) picture (noisy image, image with missing pixels at 0.5, or the
     low-resolution image upsampled by repetition). `outputs` maps method -> images, `kinds` method -> "baseline"
@@ -71,17 +73,18 @@ def _batched(fn, batch_size: int, *tensors):
     return torch.cat(outs)
 
 
-def run_task(model, task: str, image_shape: tuple[int, int], *, truth: torch.Tensor | None = None,
+def run_task(model, task: str, image_shape, *, truth: torch.Tensor | None = None,
              observed: torch.Tensor | None = None, missing: torch.Tensor | None = None,
              pixel_mean: torch.Tensor | None = None, noise: float = 0.3, factor: int = 2, steps: int = 50,
              opt_steps: int = 300, samples: int = 200, seed: int = 0, batch_size: int = 500) -> Restoration:
     """Corrupt `truth` (N, D) for `task` (or take `observed` as given) and restore it with every method.
 
     Args:
+        image_shape: [H, W] or [C, H, W] (C-major rows).
         truth: clean images; when given, they are corrupted here and every metric is defined.
         observed: already corrupted inputs instead: noisy images (denoise), images whose `missing` pixels are
-            ignored (inpaint), or low-resolution images (N, (H/f)*(W/f)) (superres).
-        missing: (N, D) bool, True where pixels are missing (inpaint; required).
+            ignored (inpaint), or low-resolution images (N, C*(H/f)*(W/f)) (superres).
+        missing: (N, D) bool, True where values are missing (inpaint; required; see `make_mask`).
         pixel_mean: (D,) training-set pixel means (inpaint's baseline and starting fill; required).
         noise: std of the Gaussian noise (denoise). factor: 2 or 4 (superres).
         steps: iterations of the iterative methods; opt_steps: Adam steps of latent optimization;
@@ -180,15 +183,14 @@ def _mean_fill_loglik(truth, missing, fill) -> torch.Tensor:
 
 
 def _superres(model, image_shape, truth, observed, factor, steps, opt_steps, batch_size, settings) -> Restoration:
-    _check_factor(image_shape, factor)
-    h, w = image_shape
+    low = low_shape(image_shape, factor)
     if truth is not None:
         y = downsample(truth, image_shape, factor)
     else:
         y = observed
-        if y.shape[1] != (h // factor) * (w // factor):
-            raise ValueError(f"low-resolution inputs must have {h // factor}x{w // factor} pixels for factor "
-                             f"{factor}, got {y.shape[1]} pixels")
+        if y.shape[1] != math.prod(low):
+            raise ValueError(f"low-resolution inputs must have {'x'.join(map(str, low))} values for factor "
+                             f"{factor}, got {y.shape[1]}")
     outputs = {
         "nearest": upsample(y, image_shape, factor, "nearest"),
         "bilinear": upsample(y, image_shape, factor, "bilinear"),
@@ -227,22 +229,24 @@ def summarize(r: Restoration) -> dict:
     return result
 
 
-def comparison_figure(r: Restoration, image_shape: tuple[int, int], n_show: int = 10):
-    """Rows: the truth (when known), the observed input, then every method; columns: the first n_show images."""
+def comparison_figure(r: Restoration, image_shape, n_show: int = 10):
+    """Rows: the truth (when known), the observed input, then every method; columns: the first n_show images
+    (grey or RGB)."""
     from matplotlib.figure import Figure
 
-    from .plots import image_grid
+    from .plots import as_images, image_grid
 
     rows = ([("truth", r.truth)] if r.truth is not None else []) + [("observed", r.observed)]
     rows += [(name, out) for name, out in r.outputs.items() if not (r.task == "denoise" and name == "noisy")
              and not (r.task == "superres" and name == "nearest")]
     n = min(n_show, r.observed.shape[0])
     metrics = summarize(r)["methods"] if r.truth is not None else {}
-    fig = Figure(figsize=(1.0 + 0.62 * n * image_shape[1] / image_shape[0], 0.62 * len(rows) + 0.4))
+    _, h, w = channels_hw(image_shape)
+    fig = Figure(figsize=(1.0 + 0.62 * n * w / h, 0.62 * len(rows) + 0.4))
     for i, (name, imgs) in enumerate(rows):
         ax = fig.add_subplot(len(rows), 1, i + 1)
-        ax.imshow(image_grid(imgs[:n].detach().cpu().numpy().reshape(n, *image_shape), ncol=n), cmap="gray",
-                  vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(image_grid(as_images(imgs[:n], image_shape), ncol=n), cmap="gray", vmin=0, vmax=1,
+                  interpolation="nearest")
         label = name
         if name in metrics:
             label += f"\n{metrics[name]['psnr']:.2f} dB"
@@ -260,38 +264,65 @@ def comparison_figure(r: Restoration, image_shape: tuple[int, int], n_show: int 
 
 # --- reading images ------------------------------------------------------------------------------------------
 
-def read_images(paths, shape: tuple[int, int]) -> torch.Tensor:
-    """Grey levels in [0, 1] from PNG files (RGB(A) averaged over colour channels) or .npy arrays ((H, W),
-    (N, H, W) or (N, H*W); uint8 is divided by 255), checked against `shape` = (H, W). Returns (N, H*W)."""
-    arrays = []
-    h, w = shape
-    for path in map(Path, paths):
-        try:
-            if path.suffix.lower() == ".npy":
-                a = np.load(path, allow_pickle=False)
-            else:
-                import matplotlib.image
+def _read_array(path: Path) -> np.ndarray:
+    """The pixels of a PNG or .npy file as float32 (uint8 divided by 255)."""
+    try:
+        if path.suffix.lower() == ".npy":
+            a = np.load(path, allow_pickle=False)
+        else:
+            import matplotlib.image
 
-                a = matplotlib.image.imread(str(path))
-        except FileNotFoundError:
-            raise ValueError(f"{path}: not found") from None
-        except Exception as e:  # noqa: BLE001 - readers raise many types on malformed files
-            raise ValueError(f"{path}: not a readable PNG or .npy image ({type(e).__name__})") from None
-        if a.dtype == np.uint8:
-            a = a.astype(np.float32) / 255
-        if a.dtype.kind not in "fiu":
-            raise ValueError(f"{path}: pixels of type {a.dtype} are not grey levels")
-        a = a.astype(np.float32)
-        if path.suffix.lower() != ".npy" and a.ndim == 3:  # PNG with colour channels
-            a = a[..., :3].mean(-1) if a.shape[-1] >= 3 else a[..., 0]
-        if a.ndim == 2 and a.shape == (h, w):
-            a = a.reshape(1, h * w)
-        elif a.ndim == 3 and a.shape[1:] == (h, w):
-            a = a.reshape(a.shape[0], h * w)
-        elif not (a.ndim == 2 and a.shape[1] == h * w and path.suffix.lower() == ".npy"):
-            raise ValueError(f"{path}: images of shape {a.shape} do not match the expected {h}x{w} pixels")
+            a = matplotlib.image.imread(str(path))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: not found") from None
+    except Exception as e:  # noqa: BLE001 - readers raise many types on malformed files
+        raise ValueError(f"{path}: not a readable PNG or .npy image ({type(e).__name__})") from None
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / 255
+    if a.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: pixels of type {a.dtype} are not grey levels or colours")
+    return a.astype(np.float32)
+
+
+def _png_channels(a: np.ndarray, channels: int) -> np.ndarray:
+    """A PNG's (H, W) or (H, W, K) pixels as (C, H, W): one channel averages R, G, B; three keep them (a grey PNG
+    repeated in each). Alpha is dropped."""
+    if a.ndim == 3:
+        a = a[..., :3] if a.shape[-1] >= 3 else a[..., :1]
+        a = a.transpose(2, 0, 1)
+    else:
+        a = a[None]
+    if channels == 1:
+        return a.mean(0, keepdims=True) if a.shape[0] == 3 else a
+    return np.repeat(a, channels, 0) if a.shape[0] == 1 else a
+
+
+def read_images(paths, shape) -> torch.Tensor:
+    """Values in [0, 1] from PNG files or .npy arrays, checked against `shape`: [H, W] for grey levels or
+    [C, H, W]. Returns (N, D), D = C*H*W, C-major.
+
+    PNG: for one channel RGB(A) is averaged over the colours; for three, alpha is dropped and a grey PNG gives
+    three equal channels. .npy: one image in the data's own layout ((H, W) or (C, H, W), channels first), a stack
+    of them (N, ...), or flat rows (N, D); uint8 is divided by 255.
+    """
+    arrays = []
+    c, h, w = channels_hw(shape)
+    shape, d = tuple(int(v) for v in shape), c * h * w
+    expected = f"{h}x{w} pixels" if c == 1 else f"{c} channels of {h}x{w} pixels"
+    for path in map(Path, paths):
+        a = _read_array(path)
+        npy = path.suffix.lower() == ".npy"
+        if not npy:
+            a = _png_channels(a, c)
+            a = a[0] if len(shape) == 2 else a
+        if a.shape == shape:
+            a = a.reshape(1, d)
+        elif a.ndim == len(shape) + 1 and a.shape[1:] == shape:
+            a = a.reshape(a.shape[0], d)
+        elif not (a.ndim == 2 and a.shape[1] == d and npy):
+            raise ValueError(f"{path}: images of shape {a.shape} do not match the expected {expected}")
         if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-            raise ValueError(f"{path}: grey levels must lie in [0, 1] (or be uint8)")
+            raise ValueError(f"{path}: values must lie in [0, 1] (or be uint8)")
         arrays.append(a)
     if not arrays:
         raise ValueError("no images given")

@@ -18,8 +18,9 @@ PSNR_CAP = 100.0  # dB, for an exact match (MSE floored at 1e-10)
 # --- measures and corruptions --------------------------------------------------------------------------------
 
 def psnr(estimate: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-image PSNR in dB of (N, D) grey levels in [0, 1]: 10 log10(1 / MSE), over the pixels where `mask` is
-    True (all pixels without a mask). MSE is floored at 1e-10 (100 dB)."""
+    """Per-image PSNR in dB of (N, D) values in [0, 1] (grey levels, or every channel of every pixel):
+    10 log10(1 / MSE), over the values where `mask` is True (all without a mask). MSE is floored at 1e-10
+    (100 dB)."""
     err = (estimate.double() - truth.double()).square()
     if mask is None:
         mse = err.mean(-1)
@@ -39,58 +40,81 @@ def add_noise(x: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
     return (x + std * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)).clamp(0, 1)
 
 
-def make_mask(kind: str, n: int, image_shape: tuple[int, int], *, fraction: float = 0.5, seed: int = 0,
-              device=None) -> torch.Tensor:
-    """(n, H*W) bool mask, True where pixels are missing.
+def channels_hw(image_shape) -> tuple[int, int, int]:
+    """(C, H, W) of an image shape [H, W] (C = 1) or [C, H, W]."""
+    shape = tuple(int(v) for v in image_shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"expected an image shape [H, W] or [C, H, W], got {list(shape)}")
+    return (1, *shape) if len(shape) == 2 else shape
 
-    center: the centred square block of side H/2 x W/2 (rounded down, centred); half: the bottom half of the rows;
-    random: each pixel independently with probability `fraction` (a private seeded generator).
+
+def spread_mask(pixels: torch.Tensor, image_shape) -> torch.Tensor:
+    """A mask over pixel positions (n, H*W) as a mask over the values of a row (n, C*H*W): each pixel's mask in
+    every channel (rows are C-major)."""
+    c, h, w = channels_hw(image_shape)
+    return pixels.reshape(-1, 1, h * w).expand(-1, c, -1).reshape(-1, c * h * w).clone()
+
+
+def make_mask(kind: str, n: int, image_shape, *, fraction: float = 0.5, seed: int = 0, device=None) -> torch.Tensor:
+    """(n, D) bool mask, True where values are missing; it covers pixel positions, so for C channels a pixel is
+    missing in all of them (`image_shape` [H, W] or [C, H, W]).
+
+    center: the centred block of H/2 x W/2 pixels (rounded down, centred); half: the bottom half of the rows;
+    random: each pixel independently with probability `fraction` (a private seeded generator; the same pixels
+    for any number of channels).
     """
-    h, w = image_shape
-    if kind == "center":
+    _, h, w = channels_hw(image_shape)
+    if kind in ("center", "half"):
         m = torch.zeros(h, w, dtype=torch.bool)
-        bh, bw = h // 2, w // 2
-        top, left = (h - bh) // 2, (w - bw) // 2
-        m[top:top + bh, left:left + bw] = True
-        return m.reshape(1, -1).expand(n, -1).clone().to(device)
-    if kind == "half":
-        m = torch.zeros(h, w, dtype=torch.bool)
-        m[h // 2:] = True
-        return m.reshape(1, -1).expand(n, -1).clone().to(device)
+        if kind == "center":
+            bh, bw = h // 2, w // 2
+            top, left = (h - bh) // 2, (w - bw) // 2
+            m[top:top + bh, left:left + bw] = True
+        else:
+            m[h // 2:] = True
+        return spread_mask(m.reshape(1, -1).expand(n, -1), image_shape).to(device)
     if kind == "random":
         if not 0 < fraction < 1:
             raise ValueError(f"the missing fraction must be in (0, 1), got {fraction}")
         gen = torch.Generator().manual_seed(seed)
-        return (torch.rand(n, h * w, generator=gen) < fraction).to(device)
+        return spread_mask(torch.rand(n, h * w, generator=gen) < fraction, image_shape).to(device)
     raise ValueError(f"unknown mask {kind!r}; choose from {', '.join(MASKS)} or give a mask file")
 
 
-def _check_factor(image_shape: tuple[int, int], factor: int) -> None:
+def _check_factor(image_shape, factor: int) -> None:
     if factor not in FACTORS:
         raise ValueError(f"the super-resolution factor must be one of {', '.join(map(str, FACTORS))}, got {factor}")
-    if image_shape[0] % factor or image_shape[1] % factor:
-        raise ValueError(f"images of {image_shape[0]}x{image_shape[1]} pixels do not divide into {factor}x{factor} "
-                         "blocks")
+    _, h, w = channels_hw(image_shape)
+    if h % factor or w % factor:
+        raise ValueError(f"images of {h}x{w} pixels do not divide into {factor}x{factor} blocks")
 
 
-def downsample(x: torch.Tensor, image_shape: tuple[int, int], factor: int) -> torch.Tensor:
-    """f x f block averages: (N, H*W) -> (N, (H/f)*(W/f))."""
+def low_shape(image_shape, factor: int) -> tuple[int, ...]:
+    """The image shape after f x f block averaging: [H/f, W/f] or [C, H/f, W/f]."""
     _check_factor(image_shape, factor)
-    return F.avg_pool2d(x.reshape(-1, 1, *image_shape), factor).flatten(1)
+    shape = tuple(int(v) for v in image_shape)
+    return (*shape[:-2], shape[-2] // factor, shape[-1] // factor)
 
 
-def upsample(y: torch.Tensor, image_shape: tuple[int, int], factor: int, mode: str) -> torch.Tensor:
-    """(N, (H/f)*(W/f)) -> (N, H*W) by `nearest` (repetition) or `bilinear` (half-pixel centres, edges clamped)."""
+def downsample(x: torch.Tensor, image_shape, factor: int) -> torch.Tensor:
+    """f x f block averages of each channel: (N, C*H*W) -> (N, C*(H/f)*(W/f)), rows C-major."""
     _check_factor(image_shape, factor)
-    h, w = image_shape
-    small = y.reshape(-1, 1, h // factor, w // factor)
+    return F.avg_pool2d(x.reshape(-1, *channels_hw(image_shape)), factor).flatten(1)
+
+
+def upsample(y: torch.Tensor, image_shape, factor: int, mode: str) -> torch.Tensor:
+    """(N, C*(H/f)*(W/f)) -> (N, C*H*W), each channel by `nearest` (repetition) or `bilinear` (half-pixel centres,
+    edges clamped); `image_shape` is the full-resolution [H, W] or [C, H, W]."""
+    _check_factor(image_shape, factor)
+    c, h, w = channels_hw(image_shape)
+    small = y.reshape(-1, c, h // factor, w // factor)
     kw = {"align_corners": False} if mode == "bilinear" else {}
     return F.interpolate(small, size=(h, w), mode=mode, **kw).flatten(1).clamp(0, 1)
 
 
-def box_filter(x: torch.Tensor, image_shape: tuple[int, int]) -> torch.Tensor:
-    """3x3 mean filter (at the borders, the mean of the pixels inside the image)."""
-    out = F.avg_pool2d(x.reshape(-1, 1, *image_shape), 3, stride=1, padding=1, count_include_pad=False)
+def box_filter(x: torch.Tensor, image_shape) -> torch.Tensor:
+    """3x3 mean filter of each channel (at the borders, the mean of the pixels inside the image)."""
+    out = F.avg_pool2d(x.reshape(-1, *channels_hw(image_shape)), 3, stride=1, padding=1, count_include_pad=False)
     return out.flatten(1)
 
 
@@ -220,12 +244,12 @@ def inpaint_importance(model, x_obs: torch.Tensor, missing: torch.Tensor, propos
 # --- super-resolution ----------------------------------------------------------------------------------------
 
 def _back_project(x: torch.Tensor, y: torch.Tensor, image_shape, factor: int, iterations: int = 50) -> torch.Tensor:
-    """The nearest image in [0, 1] whose f x f block averages are y (x in [0, 1], y in [0, 1]): per block,
-    clip(x + c, 0, 1) with the shift c that makes its average y, found by bisection on [-1, 1] (the Euclidean
-    projection onto the intersection of the box and the block's average constraint)."""
-    h, w = image_shape
+    """The nearest image in [0, 1] whose f x f block averages are y (x in [0, 1], y in [0, 1]): per block of each
+    channel, clip(x + s, 0, 1) with the shift s that makes its average y, found by bisection on [-1, 1] (the
+    Euclidean projection onto the intersection of the box and the block's average constraint)."""
+    c, h, w = channels_hw(image_shape)
     n, f = x.shape[0], factor
-    blocks = x.reshape(n, h // f, f, w // f, f).permute(0, 1, 3, 2, 4).reshape(n, -1, f * f)
+    blocks = x.reshape(n, c, h // f, f, w // f, f).permute(0, 1, 2, 4, 3, 5).reshape(n, -1, f * f)
     lo = torch.full(y.shape, -1.0, dtype=x.dtype, device=x.device)
     hi = torch.full(y.shape, 1.0, dtype=x.dtype, device=x.device)
     for _ in range(iterations):
@@ -233,7 +257,7 @@ def _back_project(x: torch.Tensor, y: torch.Tensor, image_shape, factor: int, it
         low = (blocks + mid.unsqueeze(-1)).clamp(0, 1).mean(-1) < y
         lo, hi = torch.where(low, mid, lo), torch.where(low, hi, mid)
     out = (blocks + ((lo + hi) / 2).unsqueeze(-1)).clamp(0, 1)
-    return out.reshape(n, h // f, w // f, f, f).permute(0, 1, 3, 2, 4).reshape(n, h * w)
+    return out.reshape(n, c, h // f, w // f, f, f).permute(0, 1, 2, 4, 3, 5).reshape(n, c * h * w)
 
 
 @torch.no_grad()

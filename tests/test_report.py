@@ -205,3 +205,90 @@ def test_report_includes_json_tables(run2, tmp_path):
     text = out.read_text()
     assert "<td>amortization.amortization_gap</td><td>1.25</td>" in text
     assert "aevb-explorer-data" not in text
+
+
+# --- RGB, non-square images and class names ------------------------------------------------------------------
+
+def _explorer_pixels(driver) -> tuple[np.ndarray, dict]:
+    """The explorer's 1x canvas as (H, W, 4) bytes, and its state (z, decoded image)."""
+    got = driver.execute_script("""
+        const s = window.aevbExplorer.state, c = document.getElementById('explorer-image-1x');
+        return {w: c.width, h: c.height, z: s.z, image: s.image,
+                pixels: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)};""")
+    return np.array(got["pixels"]).reshape(got["h"], got["w"], 4), got
+
+
+def test_rgb_report_draws_colour_pictures_and_names_the_classes(browser, tmp_path):
+    import base64
+    import io
+    import re
+
+    import matplotlib.image
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from aevb.inspect.plots import sample_grid
+    from aevb.inspect.report import write_report
+    from handmade_run import make_data, make_run
+
+    shape = (3, 5, 7)  # RGB, wider than tall
+    model = make_run(tmp_path / "rgb", shape, latent_dim=2, class_names=["cat", "dog", "fox"])
+    out = write_report(tmp_path / "rgb", tmp_path / "rgb.html", make_data(105, shape), points=40)
+    text = out.read_text()
+    # the embedded samples picture: each pixel 56 // 7 = 8 times, colours round(255 v)
+    src = re.search(r"<figure id='fig-samples'><img src=\"data:image/png;base64,([^\"]+)\"", text).group(1)
+    png = matplotlib.image.imread(io.BytesIO(base64.b64decode(src)), format="png")
+    grid = sample_grid(model, shape, seed=0)
+    assert png.shape == (grid.shape[0] * 8, grid.shape[1] * 8, 4)
+    np.testing.assert_array_equal(np.round(png[::8, ::8, :3] * 255), np.round(grid * 255))
+    browser.get_log("browser")
+    _open(browser, out)
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);")
+    assert [alt for alt, *_ in images] == ["curves", "reconstructions", "samples", "manifold", "latent", "kl"]
+    assert all(complete and width > 0 for _, complete, width in images)
+    legend = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#explorer-legend li")]
+    assert legend == ["cat", "dog", "fox"]
+    view = browser.find_element(By.ID, "explorer-image")
+    assert (int(view.get_attribute("width")), int(view.get_attribute("height"))) == (7 * 32, 5 * 32)
+    plane = browser.find_element(By.ID, "explorer-plane")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", plane)
+    for dx, dy in ((0, 0), (-100, 60), (90, -120)):
+        if (dx, dy) != (0, 0):
+            ActionChains(browser).move_to_element_with_offset(plane, dx, dy).perform()
+        pixels, state = _explorer_pixels(browser)
+        assert pixels.shape == (5, 7, 4)
+        with torch.no_grad():
+            expected = model.decode(torch.tensor([state["z"]], dtype=torch.float32)).mean[0].numpy()
+        np.testing.assert_allclose(state["image"], expected, atol=1e-5, rtol=0)
+        rgb = np.round(np.clip(expected, 0, 1) * 255).reshape(3, 5, 7).transpose(1, 2, 0)  # channel c of (h, w)
+        np.testing.assert_allclose(pixels[..., :3], rgb, atol=1)
+        assert (pixels[..., 3] == 255).all()
+        assert np.abs(pixels[..., 0].astype(int) - pixels[..., 2]).max() > 20  # colour, not grey
+    assert console_errors(browser) == []
+
+
+def test_explorer_draws_non_square_grey_images(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(x_dim=12, latent_dim=2, hidden=(6,)))
+    with torch.no_grad():
+        model.dec_head.out.weight.mul_(5)
+    _open(browser, _page(tmp_path, model, "grey-3x4", shape=(3, 4)))
+    pixels, state = _explorer_pixels(browser)
+    assert pixels.shape == (3, 4, 4)  # 3 rows of 4 pixels
+    with torch.no_grad():
+        expected = model.decode(torch.zeros(1, 2)).mean[0].numpy()
+    grey = np.round(np.clip(expected, 0, 1) * 255).reshape(3, 4)
+    for c in range(3):
+        np.testing.assert_allclose(pixels[..., c], grey, atol=1)
+    assert browser.find_elements(By.ID, "explorer-legend")[0].text.split() == [str(k) for k in range(10)]
+    assert console_errors(browser) == []
+
+
+def test_a_decoder_the_page_cannot_run_is_refused_in_one_line():
+    model = VAE(ModelConfig(x_dim=6, latent_dim=2, hidden=(4,)))
+    model.dec_head.out = None  # as for a decoder that computes its outputs itself
+    with pytest.raises(ValueError, match="runs MLP decoders only.*--no-explorer"):
+        decoder_spec(model)

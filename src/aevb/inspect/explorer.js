@@ -112,7 +112,10 @@
   const readout = document.getElementById("explorer-z");
   const selX = document.getElementById("explorer-dim-x");
   const selY = document.getElementById("explorer-dim-y");
-  const [H, W] = DATA.image_shape;
+  // image_shape is [H, W] (one channel) or [C, H, W] (C = 1 or 3); the decoded row is C-major: channel c of
+  // pixel i is mean[c * H * W + i]
+  const C = DATA.image_shape.length === 3 ? DATA.image_shape[0] : 1;
+  const [H, W] = DATA.image_shape.slice(-2);
   small.width = W; small.height = H;
   const points = f32(DATA.points);  // (N, latentDim) posterior means of training images
   const nPoints = points.length / DATA.latent_dim;
@@ -161,9 +164,10 @@
     const mean = decode(z);
     const g = small.getContext("2d");
     const img = g.createImageData(W, H);
+    const level = (v) => Math.round(Math.min(1, Math.max(0, v)) * 255);
     for (let i = 0; i < H * W; i++) {
-      const v = Math.round(Math.min(1, Math.max(0, mean[i])) * 255);
-      img.data[4 * i] = v; img.data[4 * i + 1] = v; img.data[4 * i + 2] = v; img.data[4 * i + 3] = 255;
+      for (let c = 0; c < 3; c++) img.data[4 * i + c] = level(mean[(C === 3 ? c : 0) * H * W + i]);
+      img.data[4 * i + 3] = 255;
     }
     g.putImageData(img, 0, 0);
     const big = view.getContext("2d");

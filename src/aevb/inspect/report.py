@@ -1,5 +1,8 @@
 """One self-contained HTML page for a trained run: config, metrics, learning curves, pictures and a live latent
 explorer whose decoder runs in the page (weights embedded as base64 float32, no server, no external resources).
+
+Grey and RGB images alike ([H, W] or [C, H, W], see plots.py); where the config has `data.class_names`, the
+latent space's legends name the classes.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from ..likelihoods import BernoulliHead, CategoricalHead, GaussianHead
 from ..load import load_run
 from ..version import __version__
 from .diagnostics import ACTIVE_THRESHOLD, active_units, kl_per_dim, posterior_means
-from .plots import LABEL_COLORS, display_scale, png_bytes, run_figures, top_dims
+from .plots import (LABEL_COLORS, check_image, class_names, display_scale, label_name, png_bytes, run_figures,
+                    top_dims)
 
 # What the in-page decoder implements: nets.ACTIVATIONS's modules (and sigmoid) and every likelihood's mean.
 JS_ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.ELU: "elu", nn.GELU: "gelu", nn.SiLU: "silu",
@@ -54,9 +58,15 @@ def decoder_spec(model) -> dict:
     and the output head that gives p(x|z)'s mean.
 
     Raises:
-        ValueError: an activation, likelihood or layer layout the in-page decoder does not implement.
+        ValueError: an architecture (only the MLP), activation, likelihood or layer layout the in-page decoder does
+            not implement.
     """
     cfg = model.config
+    arch = getattr(cfg, "arch", "mlp")
+    if arch != "mlp" or getattr(getattr(model, "dec_head", None), "out", None) is None:
+        what = f"the {arch!r} architecture" if arch != "mlp" else "a decoder without an output layer"
+        raise ValueError(f"the explorer's decoder runs MLP decoders only, not {what}; leave the explorer out with "
+                         "--no-explorer")
     if cfg.likelihood not in JS_HEADS:
         raise ValueError(f"the explorer's decoder does not support the likelihood {cfg.likelihood!r}; "
                          f"supported: {', '.join(JS_HEADS)}")
@@ -87,10 +97,11 @@ def decoder_spec(model) -> dict:
     }
 
 
-def explorer_data(model, x_train: torch.Tensor, labels: torch.Tensor | None, image_shape, dims=None) -> dict:
-    """Everything the explorer needs: decoder_spec plus the posterior means of `x_train` (drawn on the plane),
-    their labels, the plane's extent per dimension and the two dimensions shown first (`dims`, default the two
-    whose posterior means vary most)."""
+def explorer_data(model, x_train: torch.Tensor, labels: torch.Tensor | None, image_shape, dims=None,
+                  names: list[str] | None = None) -> dict:
+    """Everything the explorer needs: decoder_spec plus the image shape ([H, W] or [C, H, W]), the posterior means
+    of `x_train` (drawn on the plane), their labels and the class names (`names`, or None), the plane's extent per
+    dimension and the two dimensions shown first (`dims`, default the two whose posterior means vary most)."""
     spec = decoder_spec(model)
     dz = model.config.latent_dim
     if dz < 2:
@@ -105,8 +116,9 @@ def explorer_data(model, x_train: torch.Tensor, labels: torch.Tensor | None, ima
     q = torch.quantile(means.abs().double(), 0.995, dim=0) if means.shape[0] else torch.zeros(dz)
     extent = [max(3.0, math.ceil(float(v) * 2) / 2) for v in q]
     spec.update({
-        "image_shape": list(image_shape), "dims": dims, "extent": extent, "points": _b64(means),
+        "image_shape": list(check_image(image_shape)), "dims": dims, "extent": extent, "points": _b64(means),
         "labels": [int(v) for v in labels] if labels is not None else None, "colors": list(LABEL_COLORS),
+        "class_names": list(names) if names else None,
     })
     return spec
 
@@ -153,16 +165,23 @@ img { max-width: 100%; } img.grid { image-rendering: pixelated; }
 .cols { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
 #explorer-plane { border: 1px solid #999; cursor: crosshair; touch-action: none; }
 #explorer-image { border: 1px solid #999; image-rendering: pixelated; }
+.legend { list-style: none; padding: 0; margin: 0.3em 0; font-size: 0.85em; display: flex; flex-wrap: wrap;
+  gap: 0.2em 1em; max-width: 360px; }
+.legend span { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.3em; }
 .small { font-size: 0.85em; color: #555; }
 """
 
 
 def build_report(run_dir, ds, *, dims=None, points: int = 1000, include: dict[str, dict] | None = None,
                  explorer: bool = True, seed: int = 0) -> str:
-    """The report's HTML for the run in `run_dir` with its data set `ds` (see module docstring)."""
+    """The report's HTML for the run in `run_dir` with its data set `ds` (see module docstring).
+
+    Raises:
+        ValueError: the run's data have no images (`data.image_shape` null), or the explorer cannot run its decoder.
+    """
     model, config = load_run(run_dir)
     metrics = runs.read_metrics(run_dir)
-    shape = tuple(config["data"]["image_shape"])
+    shape = check_image(config["data"].get("image_shape"))
     figures = run_figures(model, config, ds, metrics, seed=seed)
     x_test = ds.test
     means = posterior_means(model, x_test)
@@ -196,7 +215,7 @@ def build_report(run_dir, ds, *, dims=None, points: int = 1000, include: dict[st
         parts.append(f"<figure id='fig-{name}'>{_img(png_bytes(pic, display_scale(shape)), name, cls)}"
                      f"<figcaption><b>{html.escape(name)}</b>: {html.escape(caption)}</figcaption></figure>")
     if explorer:
-        parts.append(_explorer_html(model, ds, shape, dims, points))
+        parts.append(_explorer_html(model, ds, shape, dims, points, class_names(config, ds)))
     parts.append("<h2>Config</h2>" + _table(_flatten(config)))
     body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
@@ -204,22 +223,33 @@ def build_report(run_dir, ds, *, dims=None, points: int = 1000, include: dict[st
             f"<body>\n{body}\n</body></html>\n")
 
 
-def _explorer_html(model, ds, shape, dims, points: int) -> str:
+def _legend_html(labels, names) -> str:
+    """The explorer's colour key: one swatch per label present, named by its class name where known."""
+    if labels is None:
+        return ""
+    items = "".join(f"<li><span style='background:{LABEL_COLORS[k % len(LABEL_COLORS)]}'></span>"
+                    f"{html.escape(label_name(k, names))}</li>" for k in sorted({int(v) for v in labels}))
+    return f"<ul id='explorer-legend' class='legend'>{items}</ul>"
+
+
+def _explorer_html(model, ds, shape, dims, points: int, names: list[str] | None = None) -> str:
     n = min(points, ds.train.shape[0])
     labels = ds.train_labels[:n] if ds.train_labels is not None else None
-    data = explorer_data(model, ds.train[:n], labels, shape, dims)
+    data = explorer_data(model, ds.train[:n], labels, shape, dims, names)
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     script = resources.files("aevb.inspect").joinpath("explorer.js").read_text(encoding="utf-8")
-    scale = max(4, 224 // max(shape))
+    h, w = data["image_shape"][-2:]
+    scale = max(1, 224 // max(h, w))
     what = ("the latent plane" if model.config.latent_dim == 2 else
             "two latent dimensions (chosen below; the others are held at 0, the prior mean)")
+    by = "coloured by class" if names and labels is not None else "coloured by label"
     return f"""<h2>Latent explorer</h2>
 <p>Move the pointer over {what}: the page runs the decoder's forward pass itself (its weights travel inside this
-file) and shows the decoder's mean for that z. Dots: posterior means of {n} training images, coloured by label.</p>
+file) and shows the decoder's mean for that z. Dots: posterior means of {n} training images, {by}.</p>
 <div class="cols"><div><canvas id="explorer-plane" width="360" height="360"></canvas><br>
 <label>horizontal <select id="explorer-dim-x"></select></label>
-<label>vertical <select id="explorer-dim-y"></select></label></div>
-<div><canvas id="explorer-image" width="{shape[1] * scale}" height="{shape[0] * scale}"></canvas>
+<label>vertical <select id="explorer-dim-y"></select></label>{_legend_html(labels, names)}</div>
+<div><canvas id="explorer-image" width="{w * scale}" height="{h * scale}"></canvas>
 <canvas id="explorer-image-1x" hidden></canvas><p id="explorer-z" class="small"></p></div></div>
 <script type="application/json" id="aevb-explorer-data">{payload}</script>
 <script>{script}</script>"""

@@ -152,7 +152,7 @@ def test_checkpoint_is_one_safetensors_file_with_the_state_in_its_header(tmp_pat
     assert state["step"] == 10 and state["samples_seen"] == 500 and state["evals"] == len(runs.read_metrics(tmp_path))
     assert {"rng.torch.0", "rng.noise.0", "data.rng", "data.perm", "guard.norm_sum", "ema.0"} <= set(tensors)
     assert not (tmp_path / runs.STATE).exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors", "metrics.jsonl",
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors", "config.json", "metrics.jsonl",
                                                           "model.safetensors"]
 
 

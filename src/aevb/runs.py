@@ -24,6 +24,7 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
+SPLIT = "split.safetensors"  # `test_indices` of a --data source split by --test-fraction
 STATE = "checkpoint.json"  # the training state of format 1 checkpoints (read only; now in CHECKPOINT's header)
 STATE_KEY = "aevb.state"  # safetensors header metadata key holding the training state as JSON
 TEMP_SUFFIX = ".tmp"

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
-from ..data import load
+from .. import runs
+from ..data import load, open_data
 from ..load import load_run
 
 
@@ -30,15 +32,27 @@ def device(name: str) -> torch.device:
     return dev
 
 
-def load_data(data_cfg: dict, data_dir):
-    """The data set a run's config names (its `data` section), from `data_dir` or aevb's search path."""
-    return load(data_cfg["dataset"], split=data_cfg["split"], data_dir=data_dir)
+def load_data(data_cfg: dict, data_dir, run=None, *, progress: bool = True):
+    """The data set a run's settings or config name (its `data` section): a built-in one from `data_dir` or aevb's
+    search path, or a `--data` source. For an existing run folder `run`, a source must have the content the run
+    recorded, and a held-out split is the one stored in the run folder."""
+    if not data_cfg.get("data"):
+        return load(data_cfg["dataset"], split=data_cfg["split"], data_dir=data_dir)
+    test_indices = None
+    if run is not None and (Path(run) / runs.SPLIT).is_file():
+        test_indices = runs.read_tensors(Path(run) / runs.SPLIT)["test_indices"].numpy()
+    size = data_cfg.get("image_size")
+    return open_data(data_cfg["data"], test_data=data_cfg.get("test_data"),
+                     test_fraction=data_cfg.get("test_fraction", 0.1), image_size=tuple(size) if size else None,
+                     channels=data_cfg.get("channels"), skip_bad=bool(data_cfg.get("skip_bad")),
+                     test_indices=test_indices, expect=data_cfg.get("source") if run is not None else None,
+                     progress=progress)
 
 
 def run_and_data(run, data_dir, device="cpu"):
     """(model, config, data set) of a run folder; `data_dir` overrides the data folder the run recorded."""
     model, config = load_run(run, device=device)
-    return model, config, load_data(config["data"], data_dir or config["data"]["data_dir"])
+    return model, config, load_data(config["data"], data_dir or config["data"].get("data_dir"), run)
 
 
 def check_positive(**flags) -> None:

@@ -1,6 +1,7 @@
-"""Data sets for the AEVB experiments: MNIST, Frey Face, Fashion-MNIST and scikit-learn's 8x8 digits.
+"""Data: the built-in sets of the AEVB experiments (MNIST, Frey Face, Fashion-MNIST, scikit-learn's 8x8 digits)
+through `load`, and your own (a folder of images, an array or a table) through `open_data` (user.py).
 
-Files are looked up locally, optionally fetched once into the per-user cache, and always checksum-verified.
+Built-in files are looked up locally, optionally fetched once into the per-user cache, and always checksum-verified.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 from .fetch import _locate
 from .files import _load_digits, _load_frey, _load_idx_set, _spec, read_idx
 from .sets import DATASETS, SPLITS, DataError, DataSet, DatasetSpec, binarize_dynamic, binarize_static, sha256_of
+from .user import Rows, open_data
 
 
 __all__ = [
@@ -17,9 +19,11 @@ __all__ = [
     "DataError",
     "DataSet",
     "DatasetSpec",
+    "Rows",
     "binarize_dynamic",
     "binarize_static",
     "load",
+    "open_data",
     "read_idx",
     "sha256_of",
 ]

@@ -91,8 +91,13 @@ class DataSet:
         test: (N_test, D) float32 test images, C-contiguous.
         train_labels: (N,) int64 class labels, or None (Frey Face has none).
         test_labels: (N_test,) int64 class labels, or None.
-        image_shape: (rows, columns) to reshape one row of ``train`` into an image.
-        split: Split name used, one of ``SPLITS``.
+        image_shape: (rows, columns) to reshape one row of ``train`` into an image, (channels, rows, columns) for
+            several channels (a row is C-major: ``x.reshape(-1, *image_shape)`` is NCHW), or None (a table).
+        split: Split name used, one of ``SPLITS``, or "user" for data from `open_data`.
+        class_names: name of each label (folder classes), or None.
+        source: for data from `open_data`, what a run folder records about it (kind, content hashes, ...).
+        test_indices: the held-out rows of a source split by `--test-fraction`, or None.
+        decode: for an image folder, the facts of its decoding (files, ignored, skipped, cached, seconds).
     """
 
     name: str
@@ -100,8 +105,12 @@ class DataSet:
     test: torch.Tensor = field(repr=False)
     train_labels: torch.Tensor | None = field(repr=False)
     test_labels: torch.Tensor | None = field(repr=False)
-    image_shape: tuple[int, int]
+    image_shape: tuple[int, ...] | None
     split: str
+    class_names: tuple[str, ...] | None = None
+    source: dict | None = field(default=None, repr=False)
+    test_indices: np.ndarray | None = field(default=None, repr=False)
+    decode: dict | None = field(default=None, repr=False)
 
     @property
     def x_dim(self) -> int:

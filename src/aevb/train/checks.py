@@ -14,10 +14,15 @@ def check_data(train_x: torch.Tensor, test_x: torch.Tensor, likelihood: str | No
     Raises:
         ValueError: a split is empty or not (N, D), the splits or the model disagree on D, a value is NaN or
             infinite, or a value lies outside the likelihood's support (e.g. [0, 1] for the likelihoods of grey
-            levels: bernoulli, continuous-bernoulli, categorical).
+            levels: bernoulli, continuous-bernoulli, categorical). Rows read from disk as they are needed
+            (`aevb.data.user.Rows`, 8-bit levels in [0, 1] by construction) are checked for their shape only.
     """
     support = data_support(likelihood) if likelihood is not None else None
     for name, x in (("training", train_x), ("test", test_x)):
+        if not torch.is_tensor(x):  # rows left on disk (aevb.data.user.Rows): checked as they were read
+            if len(x.shape) != 2 or x.shape[0] == 0:
+                raise ValueError(f"the {name} data must be a non-empty (N, D) array, got shape {tuple(x.shape)}")
+            continue
         if x.ndim != 2:
             raise ValueError(f"the {name} data must be an (N, D) tensor, got shape {tuple(x.shape)}")
         if x.shape[0] == 0:

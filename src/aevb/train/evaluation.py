@@ -45,10 +45,11 @@ def log_eval(trainer) -> dict:
     with averaged(trainer), eval_rng(trainer):
         kw = dict(estimator=trainer.eval_estimator, num_samples=c.eval_num_samples)
         tr, te = evaluate(trainer.model, trainer.eval_train, **kw), evaluate(trainer.model, trainer.eval_test, **kw)
+    bits = 1 / (trainer.test_x.shape[1] * math.log(2))  # nats per datapoint -> bits per dimension
     rec = {
         "samples_seen": trainer.samples_seen, "epoch": trainer.samples_seen / trainer.n_train, "step": trainer.step,
         "train_elbo": tr["elbo"], "test_elbo": te["elbo"], "train_rec": tr["rec"], "train_kl": tr["kl"],
-        "test_rec": te["rec"], "test_kl": te["kl"],
+        "test_rec": te["rec"], "test_kl": te["kl"], "train_bpd": -tr["elbo"] * bits, "test_bpd": -te["elbo"] * bits,
         "lr": trainer.lr * lr_factor(c, max(0, trainer.step - 1), trainer.total_steps),
         "seconds": round(trainer.seconds, 3),
     }
@@ -76,6 +77,8 @@ def eval_sets(trainer):
     the whole test set, binarized once with a fixed seed where training binarizes (the training subset is the first
     rows of the whole training set's binarization, so it does not depend on the subset's size)."""
     c, train, test = trainer.cfg, trainer.train_x, trainer.test_x
+    if not torch.is_tensor(train):  # rows on disk: read the subset (all of them with 0)
+        train = train[: c.eval_train_size or len(train)].to(test.device)
     if c.binarize != "none":
         seeds = EVAL_BINARIZATION_SEEDS
         train, test = binarize_static(train, seed=seeds["train"]), binarize_static(test, seed=seeds["test"])

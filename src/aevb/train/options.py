@@ -27,10 +27,25 @@ def _estimators() -> list[str]:
 
 @dataclass(frozen=True)
 class DataOptions:
-    """Which built-in data set, and which split of it, a run trains on."""
+    """What a run trains on: a built-in data set and its split, or your own data (`data`, docs/data.md)."""
 
-    dataset: str = opt.option("mnist", "data set (default mnist)", choices=lambda: sorted(DATASETS))
+    dataset: str = opt.option("mnist", "built-in data set (default mnist)", choices=lambda: sorted(DATASETS))
     split: str = opt.option("standard", "standard (60k/10k for MNIST) or paper (50k train)", choices=SPLITS)
+    data: str | None = opt.option(
+        None, "your own data instead of --dataset: a folder of images (searched recursively; sub-folders are "
+        "classes), a .npy/.npz array or a .csv/.parquet table of numbers", metavar="PATH")
+    test_data: str | None = opt.option(None, "with --data: the test set, a second source of the same kind",
+                                       metavar="PATH")
+    test_fraction: float = opt.option(
+        0.1, "with --data and no --test-data: the fraction held out as the test set (a fixed seeded draw, its "
+        "indices stored in the run folder; default 0.1)", parse=opt.fraction)
+    image_size: tuple[int, int] | None = opt.option(
+        None, "with --data: resize images (shorter side) and crop the centre to H or HxW", parse=opt.image_size,
+        metavar="H[xW]")
+    channels: int | None = opt.option(None, "with --data: 1 (grey) or 3 (RGB); default: grey when every image is",
+                                      choices=(1, 3), parse=int)
+    skip_bad: bool = opt.option(False, "with --data: leave out images that cannot be decoded (counted) instead of "
+                                "stopping at the first")
 
 
 @dataclass(frozen=True)

@@ -333,3 +333,19 @@ def test_train_eval_and_sample_on_a_folder_and_bad_input_leaves_nothing(tmp_path
     assert "not both" in capsys.readouterr().err
     assert _aevb("train", "--test-fraction", "0.2", "--out", bad) == 2
     assert "only apply to your own data" in capsys.readouterr().err and not bad.exists()
+
+
+def test_the_python_example_of_docs_data_runs_and_writes_a_run_folder(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    block = text.split("## From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "docs/data.md", "exec"), {})
+    elbo, bpd = map(float, capsys.readouterr().out.split()[-2:])
+    assert bpd == pytest.approx(-elbo / (784 * np.log(2)), rel=1e-12)
+    config = json.loads((tmp_path / "runs" / "mine" / "config.json").read_text())
+    assert config["data"]["n_train"] == 900 and config["data"]["image_shape"] == [28, 28]
+    assert _aevb("sample", tmp_path / "runs" / "mine", "--n", 4) == 0
+    assert _aevb("eval", tmp_path / "runs" / "mine") == 2
+    assert "in-memory" in capsys.readouterr().err

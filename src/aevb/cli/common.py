@@ -37,6 +37,9 @@ def load_data(data_cfg: dict, data_dir, run=None, *, progress: bool = True):
     search path, or a `--data` source. For an existing run folder `run`, a source must have the content the run
     recorded, and a held-out split is the one stored in the run folder."""
     if not data_cfg.get("data"):
+        if not data_cfg.get("dataset"):
+            raise UsageError(f"{run} was trained from Python on in-memory data, which its folder does not hold; "
+                             "evaluate it from Python (aevb.evaluate), or train through a path or --data")
         return load(data_cfg["dataset"], split=data_cfg["split"], data_dir=data_dir)
     test_indices = None
     if run is not None and (Path(run) / runs.SPLIT).is_file():

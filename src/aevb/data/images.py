@@ -51,14 +51,37 @@ class Listing:
     files: tuple[str, ...]
     classes: tuple[str, ...] | None  # the first sub-folder of each file, when every file has one
     ignored: int  # files that are not images by their extension
+    stamp: str = ""  # SHA-256 of each file's relative path, size and modification time (nanoseconds), in order
 
     def fingerprint(self) -> str:
-        """SHA-256 of the listing: each file's relative path, size and modification time (nanoseconds)."""
-        h = hashlib.sha256()
-        for rel in self.files:
-            st = (self.root / rel).stat()
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()
+        """What the cache is keyed by: the listing's paths, sizes and modification times."""
+        return self.stamp
+
+
+def _scan(root: Path) -> tuple[list[tuple[str, int, int]], int]:
+    """(relative path, size, mtime_ns) of every image file under root, and the number of other files."""
+    found, ignored = [], 0
+    stack = [("", str(root), (os.path.realpath(root),))]
+    while stack:
+        rel_dir, folder, ancestors = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            raise DataError(f"cannot read the folder {folder}: {e.strerror or e}") from None
+        for entry in entries:
+            rel = rel_dir + entry.name
+            if entry.is_dir(follow_symlinks=True):
+                real = os.path.realpath(entry.path)
+                if real in ancestors:
+                    raise DataError(f"{entry.path}: symbolic-link loop (it points back to {real}); remove the link")
+                stack.append((rel + "/", entry.path, (*ancestors, real)))
+            elif entry.is_file(follow_symlinks=True):
+                if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                    st = entry.stat(follow_symlinks=True)
+                    found.append((rel, st.st_size, st.st_mtime_ns))
+                else:
+                    ignored += 1
+    return found, ignored
 
 
 def list_images(root: str | os.PathLike) -> Listing:
@@ -70,32 +93,15 @@ def list_images(root: str | os.PathLike) -> Listing:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
-    found, ignored = [], 0
-    stack = [(root, (os.path.realpath(root),))]
-    while stack:
-        folder, ancestors = stack.pop()
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as e:
-            raise DataError(f"cannot read the folder {folder}: {e.strerror or e}") from None
-        for entry in entries:
-            path = Path(entry.path)
-            if entry.is_dir(follow_symlinks=True):
-                real = os.path.realpath(path)
-                if real in ancestors:
-                    raise DataError(f"{path}: symbolic-link loop (it points back to {real}); remove the link")
-                stack.append((path, (*ancestors, real)))
-            elif entry.is_file(follow_symlinks=True):
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
-                    found.append(path.relative_to(root).as_posix())
-                else:
-                    ignored += 1
+    found, ignored = _scan(root)
     if not found:
         raise DataError(f"{root}: no images found ({', '.join(IMAGE_EXTENSIONS)}; {ignored} other files ignored)")
-    found.sort(key=lambda rel: (natural_key(rel.rsplit("/", 1)[-1]), natural_key(rel)))
-    nested = all("/" in rel for rel in found)
-    classes = tuple(rel.split("/", 1)[0] for rel in found) if nested else None
-    return Listing(root, tuple(found), classes, ignored)
+    found.sort(key=lambda f: (natural_key(f[0].rsplit("/", 1)[-1]), natural_key(f[0])))
+    files = tuple(f[0] for f in found)
+    stamp = hashlib.sha256("".join(f"{r}\0{size}\0{mtime}\n" for r, size, mtime in found).encode()).hexdigest()
+    nested = all("/" in rel for rel in files)
+    classes = tuple(rel.split("/", 1)[0] for rel in files) if nested else None
+    return Listing(root, files, classes, ignored, stamp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +217,7 @@ def cache_root() -> Path:
 
 def decode_folder(root, *, image_size: tuple[int, int] | None = None, channels: int | None = None,
                   skip_bad: bool = False, workers: int | None = None, progress: bool = True,
-                  classes: tuple[str, ...] | None = None) -> Decoded:
+                  classes: tuple[str, ...] | None = None, listing: Listing | None = None) -> Decoded:
     """Decode (or read from the cache) every image under `root` into one uint8 array.
 
     Args:
@@ -221,11 +227,12 @@ def decode_folder(root, *, image_size: tuple[int, int] | None = None, channels: 
         workers: decoding processes (default: the usable cores).
         classes: class names to number the labels with (e.g. the union with a test folder's); default: this
             folder's own.
+        listing: `list_images(root)` when the caller has it already.
 
     Raises:
         DataError: a bad file (without skip_bad), mixed sizes without image_size, or no usable image.
     """
-    listing = list_images(root)
+    listing = listing or list_images(root)
     options = {"image_size": list(image_size) if image_size else None, "channels": channels, "skip_bad": skip_bad,
                "version": CACHE_VERSION}
     key = hashlib.sha256(json.dumps([str(Path(root).resolve()), listing.fingerprint(), options]).encode())

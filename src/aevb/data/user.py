@@ -103,12 +103,12 @@ def _source(path) -> Path:
     return p
 
 
-def _read(path: Path, *, image_size, channels, skip_bad, progress, classes=None) -> tuple[Array, dict]:
+def _read(path: Path, *, image_size, channels, skip_bad, progress, classes=None, listings=None) -> tuple[Array, dict]:
     """(what the source holds, facts for the record) of one source."""
     if path.is_dir():
         start = time.perf_counter()
         d = decode_folder(path, image_size=image_size, channels=channels, skip_bad=skip_bad, progress=progress,
-                          classes=classes)
+                          classes=classes, listing=(listings or {}).get(path))
         facts = {"sha256": d.sha256, "files": d.files, "ignored": d.ignored, "skipped": len(d.skipped),
                  "cached": d.cached, "seconds": round(time.perf_counter() - start, 2)}
         return Array(d.pixels, "images", d.image_shape, d.labels, None), {**facts, "class_names": d.class_names}
@@ -117,16 +117,17 @@ def _read(path: Path, *, image_size, channels, skip_bad, progress, classes=None)
     return a, {"sha256": sha}
 
 
-def _classes(path: Path, test_path: Path | None) -> tuple[str, ...] | None:
-    """The class names of a folder and its test folder together, so both number the classes alike."""
+def _classes(path: Path, test_path: Path | None, listings: dict) -> tuple[str, ...] | None:
+    """The class names of a folder and its test folder together, so both number the classes alike (their listings
+    are kept in `listings` for the decoding)."""
     if not path.is_dir() or test_path is None or not test_path.is_dir():
         return None
     names = set()
     for p in (path, test_path):
-        classes = list_images(p).classes
-        if classes is None:
+        listings[p] = list_images(p)
+        if listings[p].classes is None:
             return None
-        names |= set(classes)
+        names |= set(listings[p].classes)
     return tuple(sorted(names, key=natural_key))
 
 
@@ -196,7 +197,9 @@ def open_data(path, *, test_data=None, test_fraction: float = 0.1, image_size: t
     p, tp = _source(path), (_source(test_data) if test_data else None)
     opts = {"image_size": tuple(image_size) if image_size else None, "channels": channels, "skip_bad": skip_bad,
             "progress": progress}
-    classes = _classes(p, tp)
+    listings: dict = {}
+    classes = _classes(p, tp, listings)
+    opts["listings"] = listings
     a, facts = _read(p, classes=classes, **opts)
     _check_same(facts, expect.get("sha256"), p)
     t, tfacts = _test_source(a, tp, opts, expect, classes)

@@ -34,7 +34,7 @@ PACKAGE = ROOT / "src" / "aevb"
 # imports it. options.py and version.py are layer 0 in docs/architecture.md.
 LAYERS = {
     "runs": 0, "distributed": 0, "options": 0, "version": 0,
-    "data": 1, "distributions": 1, "likelihoods": 1, "nets": 1, "optim": 1,
+    "data": 1, "distributions": 1, "likelihoods": 1, "discretized": 1, "nets": 1, "optim": 1,
     "models": 2,
     "estimators": 3,
     "train": 4, "load": 4,

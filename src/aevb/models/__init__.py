@@ -2,11 +2,16 @@
 event dimension (`log_prob` sums over pixels or latent dimensions and keeps leading sample dimensions).
 
 Each architecture is a file of its own that registers its model class with `@register("name")` (see
-`registry.py`); `build(section)` turns a run's `model` config section back into a model.
+`registry.py`): `mlp.py` (the paper's VAE) and `conv.py` (a convolutional VAE for images) share `base.py` (prior,
+posterior, likelihood head, sampling) and one `ModelConfig` (`config.py`), whose `arch` picks the architecture;
+`build(config_of(section))` turns a run's `model` config section back into a model.
 """
 from __future__ import annotations
 
-from .mlp import INITS, VAE, ModelConfig
+from .config import INITS, ModelConfig
+from .base import LatentModel
+from .mlp import VAE
+from .conv import ConvVAE
 from .registry import MODELS, build, config_of, register
 
-__all__ = ["INITS", "MODELS", "VAE", "ModelConfig", "build", "config_of", "register"]
+__all__ = ["INITS", "MODELS", "ConvVAE", "LatentModel", "VAE", "ModelConfig", "build", "config_of", "register"]

@@ -1,7 +1,9 @@
 """The model registry: architecture name -> model class (whose `config_class` is its frozen config dataclass).
 
-A run's config.json stores the model section as the config's fields; an `arch` key names the architecture, and a
+A run's config.json stores the model section as the config's fields; its `arch` key names the architecture, and a
 section without one is the paper's MLP VAE ("mlp"), as every run folder written before the registry existed.
+The built-in architectures ("mlp", "conv") share one config class, `ModelConfig`, whose `arch` field picks the
+model; an architecture with a config class of its own is found by that class.
 """
 from __future__ import annotations
 
@@ -19,20 +21,29 @@ def register(name: str):
 
 
 def config_of(section: dict):
-    """The model config of a config.json model section.
+    """The model config of a config.json model section (its `arch`, "mlp" when it has none).
 
     Raises:
         ValueError: an unknown architecture or a section its config refuses.
     """
     d = dict(section)
-    arch = d.pop("arch", DEFAULT_ARCH)
+    arch = d.get("arch", DEFAULT_ARCH)
     if arch not in MODELS:
         raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(sorted(MODELS))}")
-    return MODELS[arch].config_class.from_dict(d)
+    cls = MODELS[arch].config_class
+    if "arch" in {f for f in getattr(cls, "__dataclass_fields__", {})}:
+        d["arch"] = arch
+    else:
+        d.pop("arch", None)
+    return cls.from_dict(d)
 
 
 def build(config):
-    """The model of a config made by `config_of` (or any registered model's config)."""
+    """The model of a config made by `config_of` (or any registered model's config): the architecture its `arch`
+    names, else the registered model whose config class it is."""
+    arch = getattr(config, "arch", None)
+    if arch in MODELS and isinstance(config, MODELS[arch].config_class):
+        return MODELS[arch](config)
     for cls in MODELS.values():
         if isinstance(config, cls.config_class):
             return cls(config)

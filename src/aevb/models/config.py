@@ -1,0 +1,108 @@
+"""`ModelConfig`: the one frozen config of every registered architecture ("mlp", "conv"), its options declared once.
+
+A run's config.json stores `to_dict()`; `from_dict` takes a section written before a field existed (the field gets
+its default), so old run folders still load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .. import options as opt
+from ..distributions.families import POSTERIORS, PRIORS, check_pair
+from ..likelihoods import LIKELIHOODS
+from ..nets import ACTIVATIONS
+from .registry import DEFAULT_ARCH, MODELS
+
+INITS = ("paper", "torch")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a VAE: the data dimension `x_dim`, the image shape (C, H, W) or (H, W) of one datapoint
+    where the caller knows it (the conv architecture needs it), and the options declared below (each with its help,
+    as `aevb train --help` shows it). init="paper" draws all weights from N(0, 0.01^2) and zeroes the encoder's
+    log-variance weights and bias and the decoder's output bias (MLP only); prior=None is the posterior family's
+    standard member (N(0, I) for "normal"). The fields after `levels` came later; positional arguments stop
+    there."""
+
+    x_dim: int
+    latent_dim: int = opt.option(20, "Nz, the dimension of z (default 20)")
+    hidden: tuple[int, ...] = opt.option(
+        (500,), "comma-separated hidden widths of the encoder (decoder mirrors)", parse=opt.widths)
+    activation: str = opt.option("tanh", "the hidden layers' nonlinearity", choices=lambda: sorted(ACTIVATIONS))
+    likelihood: str = opt.option(
+        "bernoulli", "p(x|z): bernoulli (MNIST grey levels), gaussian(-sigmoid) (Frey), categorical, "
+        "continuous-bernoulli, discretized-logistic (8-bit images)", choices=lambda: sorted(LIKELIHOODS))
+    init: str = opt.option("torch", "paper: N(0, 0.01^2) weights; torch: PyTorch's default", choices=INITS)
+    posterior: str = opt.option(
+        "normal", "family of q(z|x) (default normal)", choices=lambda: sorted(POSTERIORS),
+        apply=lambda v: {"posterior": v, "prior": None})  # a new posterior brings its own default prior
+    prior: str | None = opt.option(
+        None, "p(z), of matching support (default: the posterior's standard member)", choices=lambda: sorted(PRIORS))
+    levels: int = opt.option(16, "K grey levels of the categorical likelihood (default 16)")
+    arch: str = opt.option(DEFAULT_ARCH, "network: mlp (the paper's) or conv (strided convolutions with residual "
+                           "blocks; needs image data)", choices=lambda: sorted(MODELS))
+    image_shape: tuple[int, ...] | None = opt.option(None, "(C, H, W) or (H, W) of one datapoint", flag=False)
+    mixtures: int = opt.option(1, "K logistics of the discretized-logistic likelihood (default 1; K > 1: a mixture "
+                               "over each pixel's channels, PixelCNN++'s)", parse=opt.positive_int)
+    conv_widths: tuple[int, ...] = opt.option(
+        (32, 64), "--arch conv: channels at each halved resolution, comma-separated (default 32,64)",
+        parse=opt.widths)
+    conv_blocks: int = opt.option(1, "--arch conv: residual blocks at each resolution (default 1)",
+                                  parse=opt.non_negative_int)
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "conv_widths", tuple(int(w) for w in self.conv_widths))
+        if self.image_shape is not None:
+            object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
+        if self.posterior in POSTERIORS and self.prior is None:
+            object.__setattr__(self, "prior", POSTERIORS[self.posterior].prior)
+        check_pair(self.posterior, self.prior)
+        for ok, message in self._checks():
+            if not ok:
+                raise ValueError(message)
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        shape = self.image_shape
+        return [
+            (self.x_dim > 0, f"x_dim must be positive, got {self.x_dim}"),
+            (self.arch in MODELS, f"unknown architecture {self.arch!r}; choose from {', '.join(sorted(MODELS))}"),
+            (self.latent_dim > 0, f"latent_dim must be positive, got {self.latent_dim}"),
+            (all(h > 0 for h in self.hidden), f"hidden widths must be positive, got {self.hidden}"),
+            (self.activation in ACTIVATIONS,
+             f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}"),
+            (self.likelihood in LIKELIHOODS,
+             f"unknown likelihood {self.likelihood!r}; choose from {', '.join(LIKELIHOODS)}"),
+            (self.init in INITS, f"unknown init {self.init!r}; choose from {', '.join(INITS)}"),
+            (self.levels >= 2, f"levels must be >= 2, got {self.levels}"),
+            (self.mixtures >= 1, f"mixtures must be >= 1, got {self.mixtures}"),
+            (self.mixtures == 1 or self.likelihood == "discretized-logistic",
+             f"mixtures > 1 needs --likelihood discretized-logistic, not {self.likelihood}"),
+            (shape is None or (len(shape) in (2, 3) and min(shape) > 0),
+             f"image_shape must be (H, W) or (C, H, W) of positive sizes, got {shape}"),
+            (shape is None or math.prod(shape) == self.x_dim,
+             f"image_shape {shape} holds {math.prod(shape or (0,))} values, not x_dim = {self.x_dim}"),
+            (self.arch != "conv" or shape is not None, "--arch conv needs the data's image shape (image_shape)"),
+            (self.arch != "conv" or self.init == "torch", "--init paper is the MLP's; --arch conv takes torch"),
+            (all(w > 0 for w in self.conv_widths) and len(self.conv_widths) > 0,
+             f"conv widths must be positive, got {self.conv_widths}"),
+            (self.conv_blocks >= 0, f"conv_blocks must be >= 0, got {self.conv_blocks}"),
+        ]
+
+    @property
+    def chw(self) -> tuple[int, int, int] | None:
+        """image_shape as (C, H, W) (one channel for an (H, W) shape), or None when it is not known."""
+        if self.image_shape is None:
+            return None
+        return tuple(self.image_shape) if len(self.image_shape) == 3 else (1, *self.image_shape)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        opt.check_fields(cls, d, "model")
+        return cls(**d)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .. import runs
 from ..data import binarize_static
 from ..estimators import evaluate, resolve_estimator
 from ..inspect.diagnostics import diagnose
@@ -103,8 +104,26 @@ def cmd_sample(args) -> int:
 
     check_positive(n=args.n)
     model, config = load_run(args.run)
+    scaler = (config["data"].get("source") or {}).get("scaler")
+    if scaler is not None:  # a table: draws x ~ p(x|z) in the original units, as CSV
+        out = Path(args.out or Path(args.run) / "samples.csv")
+        _write_table(out, model, config["data"]["source"], args.n, args.seed)
+        print(out)
+        return 0
     shape = require_images(config, args.run)  # grey or RGB; a run on tabular data has none
     out = Path(args.out or Path(args.run) / "samples.png")
     save_image(out, sample_grid(model, shape, n=args.n, seed=args.seed))
     print(out)
     return 0
+
+
+def _write_table(out: Path, model, source: dict, n: int, seed: int) -> None:
+    """n draws x ~ p(x|z), z ~ p(z), with the training rows' standardization undone, as CSV with the column names."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        x = model.sample(n, mean=False).double()
+    x = x * torch.tensor(source["scaler"]["std"], dtype=torch.float64) + torch.tensor(source["scaler"]["mean"],
+                                                                                        dtype=torch.float64)
+    header = ",".join(source.get("columns") or [f"column {j + 1}" for j in range(x.shape[1])])
+    rows = "\n".join(",".join(f"{v:.9g}" for v in row) for row in x.tolist())
+    runs.write_text(out, f"{header}\n{rows}\n")

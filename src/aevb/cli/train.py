@@ -1,8 +1,8 @@
 """`aevb train`: a new run from a preset and flags, or `--resume` of a run folder."""
 from __future__ import annotations
 
+import dataclasses
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -11,9 +11,9 @@ from .. import distributed, models, runs
 from ..estimators import resolve_estimator
 from ..inspect.plots import manifold_grid, sample_grid, save_image
 from ..load import model_config, train_config
-from ..train import TrainConfig, check_data, fit
+from ..train import DataOptions, TrainConfig, check_data, fit
+from ..train.fit import run_config
 from ..train.presets import merge
-from ..version import __version__
 from .common import UsageError, check_positive, check_tensorboard, compile_failed, device as get_device, load_data
 from .parser import given_options, run_flags
 
@@ -43,10 +43,53 @@ def _settings(args, world) -> dict:
     return settings
 
 
+def _data_settings(settings: dict, given: dict, args) -> None:
+    """--data replaces --dataset (both given is an error); a table is modelled with a Gaussian by default."""
+    data = settings["data"]
+    if data.get("data"):
+        if "dataset" in given.get("data", {}) or "split" in given.get("data", {}):
+            raise UsageError("give either --dataset (a built-in data set) or --data PATH (your own), not both")
+        data["data"] = str(Path(data["data"]).expanduser().resolve())
+        if data.get("test_data"):
+            data["test_data"] = str(Path(data["test_data"]).expanduser().resolve())
+        data["dataset"] = None
+    else:
+        extra = [f"--{k.replace('_', '-')}" for k in ("test_data", "test_fraction", "image_size", "channels",
+                                                     "skip_bad") if k in given.get("data", {})]
+        if extra:
+            raise UsageError(f"{', '.join(extra)} only apply to your own data: add --data PATH")
+
+
+def _data_record(settings: dict, ds, args) -> dict:
+    """The data section of config.json: the settings, where the files were found, and the facts of the data."""
+    data = {**{f.name: f.default for f in dataclasses.fields(DataOptions)}, **settings["data"]}
+    if not data.get("data"):  # a built-in data set: the --data options do not apply
+        data = {k: data[k] for k in ("dataset", "split")}
+    if ds.source is not None:
+        data["source"] = ds.source
+        if ds.decode is not None and not ds.decode["cached"]:
+            d = ds.decode
+            print(f"aevb: decoded {d['files']:,} images in {d['seconds']:.1f} s ({d['ignored']} other files "
+                  f"ignored, {d['skipped']} bad images skipped); the pixels are cached for the next run")
+    return {**data, "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None, "x_dim": ds.x_dim,
+            "image_shape": list(ds.image_shape) if ds.image_shape else None, "n_train": int(ds.train.shape[0]),
+            "n_test": int(ds.test.shape[0])}
+
+
+def _model_config(settings: dict, given: dict, ds, args):
+    model = dict(settings["model"])
+    if ds.source is not None and ds.source["kind"] == "table" and not args.preset \
+            and "likelihood" not in given.get("model", {}):
+        model["likelihood"] = "gaussian"  # standardized columns
+    return models.ModelConfig(x_dim=ds.x_dim, image_shape=ds.image_shape, **model)
+
+
 def _train_new(args, device, world) -> int:
     settings = _settings(args, world)
-    ds = load_data(settings["data"], args.data_dir)
-    model_cfg = models.ModelConfig(x_dim=ds.x_dim, **settings["model"])
+    given = given_options(args)
+    _data_settings(settings, given, args)
+    ds = load_data(settings["data"], args.data_dir, progress=not args.no_progress)
+    model_cfg = _model_config(settings, given, ds, args)
     check_data(ds.train, ds.test, model_cfg.likelihood, model_cfg.x_dim)
     torch.manual_seed(settings["train"].get("seed", 0))
     model = models.build(model_cfg).to(device)
@@ -59,18 +102,14 @@ def _train_new(args, device, world) -> int:
     if train_cfg.shards % world.size:
         raise UsageError(f"--shards {train_cfg.shards} is not a multiple of the {world.size} processes")
     out = Path(args.out or f"runs/{ds.name}-nz{model_cfg.latent_dim}")
-    config = {
-        "format_version": runs.FORMAT_VERSION, "aevb_version": __version__, "preset": args.preset,
-        "data": {**settings["data"], "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
-                 "x_dim": ds.x_dim, "image_shape": list(ds.image_shape), "n_train": int(ds.train.shape[0]),
-                 "n_test": int(ds.test.shape[0])},
-        "model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "device": str(device),
-        "world_size": world.size, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+    config = run_config(model_cfg, train_cfg, _data_record(settings, ds, args) if world.main else {},
+                        device=device, world_size=world.size, preset=args.preset)
 
     def create():
         runs.prepare_run_dir(out)
         runs.write_json(out / runs.CONFIG, config)
+        if ds.test_indices is not None:
+            runs.write_tensors(out / runs.SPLIT, {"test_indices": torch.from_numpy(ds.test_indices)})
 
     distributed.run_on_main(create, world, (runs.RunError,))
     if world.main:
@@ -92,7 +131,7 @@ def _resume(args, device, world) -> int:
     if train_cfg.shards % world.size:
         raise UsageError(f"{run} was trained with {train_cfg.shards} shards, which {world.size} processes cannot "
                          "share; use a number of processes that divides it")
-    ds = load_data(config["data"], args.data_dir or config["data"].get("data_dir"))
+    ds = load_data(config["data"], args.data_dir or config["data"].get("data_dir"), run, progress=not args.no_progress)
     check_data(ds.train, ds.test, model_cfg.likelihood, model_cfg.x_dim)
     if train_cfg.tensorboard:
         check_tensorboard()
@@ -111,10 +150,11 @@ def _fit_and_finish(model, ds, train_cfg, config, out, device, args, world, *, r
         raise compile_failed(e) from None
     if not world.main:
         return 0
-    shape = tuple(config["data"]["image_shape"])
-    save_image(out / "samples.png", sample_grid(model, shape))
-    if model.config.latent_dim == 2:
-        save_image(out / "manifold.png", manifold_grid(model, shape))
+    if config["data"].get("image_shape"):
+        shape = tuple(config["data"]["image_shape"])
+        save_image(out / "samples.png", sample_grid(model, shape))
+        if model.config.latent_dim == 2:
+            save_image(out / "manifold.png", manifold_grid(model, shape))
     last = history[-1]
     print(json.dumps({k: last[k] for k in ("samples_seen", "epoch", "train_elbo", "test_elbo", "seconds")}))
     return 0

@@ -175,8 +175,8 @@ def test_mixture_samples_follow_the_masses():
     r_mass = sum(float(pi[k]) * _scipy_masses(float(loc[k, 0, 0]), float(log_scale[k, 0, 0])) for k in range(2))
     freq = np.bincount((draws[:, 0] * 255).round().long().numpy(), minlength=256) / draws.shape[0]
     assert np.abs(freq - r_mass).max() < 4e-3
-    # the mean log p of the draws is the entropy's negative; compare with a draw-free estimate is not exact, so
-    # check that draws are likelier under the mixture than the same draws with G and B shuffled
+    # G and B follow R: the draws are likelier under the mixture than the same draws with G and B shuffled across
+    # draws (same marginals, coupling to R broken)
     shuffled = torch.cat([draws[:, :1], draws[torch.randperm(draws.shape[0]), 1:]], 1)
     assert mix64.log_prob(draws.double()).mean() > mix64.log_prob(shuffled.double()).mean()
 

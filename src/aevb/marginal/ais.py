@@ -1,11 +1,11 @@
 """Annealed importance sampling from p(z) to p(z|x) with HMC transitions."""
 from __future__ import annotations
 
-from functools import partial
-
 import torch
+from tqdm.auto import tqdm
 
-from .common import PILOT_CHAINS, _check_positive, _evaluating, _logmeanexp, _summary
+from .common import (HMC_FLOATS, PILOT_CHAINS, _batches, _check_positive, _chunk_size, _evaluating, _logmeanexp,
+                     _summary)
 from .hmc import hmc_step, Joint
 
 
@@ -15,9 +15,10 @@ def sigmoid_schedule(num_steps: int, sharpness: float = 4.0) -> torch.Tensor:
     return (s - s[0]) / (s[-1] - s[0])
 
 
+@torch.no_grad()
 def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, leapfrog_steps: int = 10,
         step_size: float = 0.1, adapt: bool = True, target_accept: float = 0.65, seed: int | None = None,
-        batch_size: int = 100) -> dict:
+        batch_size: int | None = None, progress: bool = False) -> dict:
     """Annealed importance sampling (Neal 2001) from p(z) to p(z|x) along f_t(z) = p(z) p(x|z)^beta_t.
 
     Each chain starts at z ~ p(z), adds (beta_t - beta_{t-1}) log p(x|z) to its log weight, then makes one HMC
@@ -25,6 +26,10 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, l
     lower bound. With `adapt` each datapoint's step size moves multiplicatively toward `target_accept` after
     every transition, driven by PILOT_CHAINS extra chains whose weights are discarded: a step size driven by the
     weighted chains themselves depends on their states and biases log p(x) upward (measured: +0.1 nats).
+
+    All chains of all datapoints of a batch move together: one decoder pass and one backward pass per leapfrog
+    step. A chain's state keeps log p(z) and log p(x|z) and their gradients apart, so moving to the next
+    temperature costs no decoder pass.
 
     Args:
         model: follows the contract prior() / encode(x) / decode(z); a model that also has log_likelihood(z, x)
@@ -35,37 +40,41 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, l
         leapfrog_steps: leapfrog steps per HMC transition.
         step_size: the initial (with `adapt`) or fixed leapfrog step size.
         seed: seed of a private RNG stream (None: the global one).
+        batch_size: datapoints per batch; None: as many as keep (chains + pilots) * batch * D under HMC_FLOATS.
+        progress: show a tqdm bar (on stderr) over datapoint-temperatures.
 
     Returns:
         dict with (N,) `log_px` and `step_size` (final), floats `mean`, `stderr` and `accept_rate`.
     """
+    pilots = PILOT_CHAINS if adapt else 0
+    batch_size = batch_size or _chunk_size(num_chains + pilots, x.shape[-1], budget=HMC_FLOATS)
     _check_positive(num_steps=num_steps, num_chains=num_chains, leapfrog_steps=leapfrog_steps,
                     batch_size=batch_size)
     betas = sigmoid_schedule(num_steps).tolist()
-    pilots = PILOT_CHAINS if adapt else 0
     outs = []
-    with _evaluating(model, seed, x.device):
-        for xb in x.split(batch_size):
+    with _evaluating(model, seed, x.device), tqdm(total=x.shape[0] * num_steps, disable=not progress, desc="AIS",
+                                                 unit="step", unit_scale=True) as bar:
+        for xb in _batches(x, batch_size):
             joint = Joint(model, xb)
             z0 = joint.prior.sample((num_chains + pilots, xb.shape[0]))  # (C + P, B, Dz)
-            outs.append(_ais_batch(joint, z0, betas, leapfrog_steps, step_size, num_chains, target_accept))
+            outs.append(_ais_batch(joint, z0, betas, leapfrog_steps, step_size, num_chains, target_accept,
+                                   bar.update))
     log_px, accept, eps = (torch.cat(t) for t in zip(*outs))
     return _summary(log_px, accept_rate=float(accept.double().mean()), step_size=eps)
 
 
-def _ais_batch(joint: Joint, z0, betas, steps, step_size, num_chains, target_accept):
+def _ais_batch(joint: Joint, z0, betas, steps, step_size, num_chains, target_accept, update):
     """Chains [:num_chains] carry the weights; any further (pilot) chains only tune the step size."""
     u = joint.to_u(z0)  # (C + P, B, Du)
     eps = u.new_full((1, u.shape[1], 1), step_size)  # per datapoint, shared by its chains
     log_w = u.new_zeros((num_chains, u.shape[1]))  # (C, B)
-    log_lik = joint(u, 0.0).log_lik
+    state = joint(u)
     accept = u.new_zeros(u.shape[1])
     for beta_prev, beta in zip(betas[:-1], betas[1:]):
-        log_w += (beta - beta_prev) * log_lik[:num_chains]
-        target = partial(joint, beta=beta)
-        u, state, a = hmc_step(target, u, target(u), eps, steps)
-        log_lik = state.log_lik
+        log_w += (beta - beta_prev) * state.log_lik[:num_chains]
+        u, state, a = hmc_step(joint, u, state, eps, steps, beta)
         accept += a[:num_chains].mean(0)
         if u.shape[0] > num_chains:
             eps = eps * torch.exp(a[num_chains:].mean(0) - target_accept).view(1, -1, 1)
+        update(u.shape[1])
     return _logmeanexp(log_w), accept / (len(betas) - 1), eps.view(-1)

@@ -8,6 +8,9 @@ import torch
 
 
 MAX_FLOATS = 2**21  # per decoder call (8 MB of float32), which bounds memory; benchmarks/marginal_speed.py --compare
+# per decoder call of AIS and the HMC estimator, each followed by a backward pass: rows * D below it (about 670
+# rows for MNIST). On a 2-core AMD EPYC 20 * 200 rows took 1.5-2x longer per row than 500-1000 (cache)
+HMC_FLOATS = 2**19
 DENSITIES = ("auto", "gaussian", "kde")
 JITTER = 0.5  # HMC step sizes are drawn uniformly from eps * [1 - JITTER, 1 + JITTER]
 PILOT_CHAINS = 4  # AIS chains per datapoint that tune the step size and carry no weight
@@ -57,6 +60,13 @@ def _log_likelihood(model, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return fused(z, x) if fused is not None else model.decode(z).log_prob(x)
 
 
-def _chunk_size(*dims: int) -> int:
-    """Leading size k that keeps a (k, *dims) tensor under MAX_FLOATS numbers."""
-    return max(1, MAX_FLOATS // max(1, math.prod(dims)))
+def _batches(t: torch.Tensor, max_size: int) -> tuple[torch.Tensor, ...]:
+    """t split along its first dimension into the fewest pieces of at most max_size, of nearly equal sizes."""
+    n = t.shape[0]
+    pieces = max(1, math.ceil(n / max_size))
+    return t.split(max(1, math.ceil(n / pieces)))
+
+
+def _chunk_size(*dims: int, budget: int | None = None) -> int:
+    """Leading size k that keeps a (k, *dims) tensor under `budget` numbers (default MAX_FLOATS)."""
+    return max(1, (budget or MAX_FLOATS) // max(1, math.prod(dims)))

@@ -7,28 +7,48 @@ from typing import Callable, NamedTuple
 
 import torch
 from torch.distributions import biject_to
+from tqdm.auto import tqdm
 
-from .common import (DENSITIES, JITTER, KDE_FACTORS, _check_positive, _chunk_size, _evaluating, _log_likelihood,
-                     _logmeanexp, _summary)
+from .common import (DENSITIES, HMC_FLOATS, JITTER, KDE_FACTORS, _batches, _check_positive, _chunk_size,
+                     _evaluating, _log_likelihood, _logmeanexp, _summary)
 
 
 class _State(NamedTuple):
-    """Where a chain is: log target, its gradient, and log p(x|z) (for the AIS weights)."""
+    """Where a chain is: the log prior (with log |dz/du|) and log p(x|z), and their gradients in u, kept apart so
+    that the target log p(z) + beta log p(x|z) at any temperature beta costs no decoder pass."""
 
-    log_f: torch.Tensor  # (..., B)
-    grad: torch.Tensor  # (..., B, Du)
+    log_prior: torch.Tensor  # (..., B)
     log_lik: torch.Tensor  # (..., B)
+    grad_prior: torch.Tensor  # (..., B, Du)
+    grad_lik: torch.Tensor  # (..., B, Du)
+
+    def log_f(self, beta: float = 1.0) -> torch.Tensor:
+        return self.log_prior + beta * self.log_lik
+
+    def grad(self, beta: float = 1.0) -> torch.Tensor:
+        return self.grad_prior + beta * self.grad_lik
 
     def where(self, keep: torch.Tensor, other: "_State") -> "_State":
-        return _State(torch.where(keep, self.log_f, other.log_f),
-                      torch.where(keep.unsqueeze(-1), self.grad, other.grad),
-                      torch.where(keep, self.log_lik, other.log_lik))
+        return _State(*(torch.where(keep if a.dim() == keep.dim() else keep.unsqueeze(-1), a, b)
+                        for a, b in zip(self, other)))
+
+    def take(self, idx: torch.Tensor) -> "_State":
+        """The chains of datapoints idx (along the datapoint dimension B)."""
+        return _State(self.log_prior[..., idx], self.log_lik[..., idx], self.grad_prior[..., idx, :],
+                      self.grad_lik[..., idx, :])
+
+    def expand(self, m: int) -> "_State":
+        return _State(*(t.expand(m, *t.shape) for t in self))
 
 
 class Joint:
     """log p(z) + beta log p(x|z) in unconstrained coordinates u (z = T(u), T = biject_to(prior support)).
 
     The prior's density picks up log |dz/du|, so HMC can move freely; for a real-valued prior T is the identity.
+    Calling it at u (..., B, Du) returns the _State there: one decoder pass and one backward pass for the whole
+    batch. With several chains per datapoint log p(x|z) goes through the model's fused `log_likelihood` (its
+    data term costs one product per datapoint, shared by the chains); with one chain per datapoint through the
+    contract's decode(z).log_prob(x), which is then cheaper.
     """
 
     def __init__(self, model, x: torch.Tensor):
@@ -39,82 +59,93 @@ class Joint:
     def to_u(self, z: torch.Tensor) -> torch.Tensor:
         return self.transform.inv(z)
 
-    def __call__(self, u: torch.Tensor, beta: float = 1.0) -> _State:
+    def take(self, idx: torch.Tensor) -> "Joint":
+        """The same target for the datapoints idx only."""
+        sub = Joint.__new__(Joint)
+        sub.model, sub.x, sub.prior, sub.transform = self.model, self.x[idx], self.prior, self.transform
+        return sub
+
+    def __call__(self, u: torch.Tensor) -> _State:
         with torch.enable_grad():
             u = u.detach().requires_grad_(True)
             z = self.transform(u)
             log_prior = self.prior.log_prob(z) + self.transform.log_abs_det_jacobian(u, z)
-            log_lik = _log_likelihood(self.model, z, self.x)
-            log_f = log_prior + beta * log_lik
-            (grad,) = torch.autograd.grad(log_f.sum(), u)
-        return _State(log_f.detach(), grad, log_lik.detach())
+            if u.shape[:-2].numel() > 1:
+                log_lik = _log_likelihood(self.model, z, self.x)
+            else:
+                log_lik = self.model.decode(z).log_prob(self.x)
+            (grad_prior,) = torch.autograd.grad(log_prior.sum(), u, retain_graph=True)
+            (grad_lik,) = torch.autograd.grad(log_lik.sum(), u)
+        return _State(log_prior.detach(), log_lik.detach(), grad_prior, grad_lik)
 
 
 Target = Callable[[torch.Tensor], _State]
 
 
-def _leapfrog(target: Target, u, p, state: _State, eps, steps: int):
-    """`steps` leapfrog steps of size eps (broadcast over (..., B, 1)) for H(u, p) = -log f(u) + |p|^2 / 2."""
-    p = p + 0.5 * eps * state.grad
+def _leapfrog(target: Target, u, p, state: _State, eps, steps: int, beta: float = 1.0):
+    """`steps` leapfrog steps of size eps (broadcast over (..., B, 1)) for H(u, p) = -log f_beta(u) + |p|^2 / 2,
+    f_beta = p(z) p(x|z)^beta."""
+    p = p + 0.5 * eps * state.grad(beta)
     for i in range(steps):
         u = u + eps * p
         state = target(u)
-        p = p + (eps if i < steps - 1 else 0.5 * eps) * state.grad
+        p = p + (eps if i < steps - 1 else 0.5 * eps) * state.grad(beta)
     return u, p, state
 
 
-def _log_accept(state0: _State, p0, state1: _State, p1) -> torch.Tensor:
-    log_a = state1.log_f - state0.log_f - 0.5 * (p1.square().sum(-1) - p0.square().sum(-1))
+def _log_accept(state0: _State, p0, state1: _State, p1, beta: float = 1.0) -> torch.Tensor:
+    log_a = state1.log_f(beta) - state0.log_f(beta) - 0.5 * (p1.square().sum(-1) - p0.square().sum(-1))
     return torch.nan_to_num(log_a, nan=-math.inf).clamp(max=0.0)  # a diverged trajectory is rejected
 
 
-def hmc_step(target: Target, u, state: _State, eps, steps: int):
-    """One Metropolis-corrected HMC transition (Neal 2011). Returns the new (u, state) and acceptance probabilities.
+def hmc_step(target: Target, u, state: _State, eps, steps: int, beta: float = 1.0):
+    """One Metropolis-corrected HMC transition (Neal 2011) leaving f_beta = p(z) p(x|z)^beta invariant. Returns
+    the new (u, state) and acceptance probabilities.
 
     The step size is jittered by up to JITTER either way (independently of the state, so the chain stays
     reversible): a fixed trajectory length near half a period of a narrow direction would only bounce.
     """
     eps = eps * (1 + JITTER * (2 * torch.rand_like(eps) - 1))
     p = torch.randn_like(u)
-    u1, p1, state1 = _leapfrog(target, u, p, state, eps, steps)
-    log_a = _log_accept(state, p, state1, p1)
+    u1, p1, state1 = _leapfrog(target, u, p, state, eps, steps, beta)
+    log_a = _log_accept(state, p, state1, p1, beta)
     accept = torch.rand_like(log_a).log() < log_a
     return torch.where(accept.unsqueeze(-1), u1, u), state1.where(accept, state), log_a.exp()
 
 
-def _initial_step_size(target: Target, u, state: _State, steps: int, target_accept: float,
+def _initial_step_size(target: Joint, u, state: _State, steps: int, target_accept: float,
                        num_momenta: int = 16, max_iter: int = 40) -> torch.Tensor:
     """Per datapoint, multiply or divide eps by sqrt(2), starting from 1, until the mean acceptance probability of
     a full jittered trajectory (over `num_momenta` momenta) crosses `target_accept`, and keep the last eps on the
     high-acceptance side; after Hoffman & Gelman (2014, Alg. 4), who use a single leapfrog step and 1/2.
-    u is (B, Du); returns eps (B, 1)."""
+    Each round simulates only the datapoints whose eps still moves. u is (B, Du); returns eps (B, 1)."""
     eps = u.new_ones(u.shape[:-1]).unsqueeze(-1)
-    u_rep = u.expand(num_momenta, *u.shape)  # (M, B, Du)
-    state_rep = _State(*(t.expand(num_momenta, *t.shape) for t in state))
 
-    def accept(eps):
+    def accept(idx):
+        u_rep, state_rep = u[idx].expand(num_momenta, -1, -1), state.take(idx).expand(num_momenta)  # (M, b, Du)
         p = torch.randn_like(u_rep)
-        jittered = eps * (1 + JITTER * (2 * torch.rand_like(u_rep[..., :1]) - 1))  # (M, B, 1)
-        _, p1, state1 = _leapfrog(target, u_rep, p, state_rep, jittered, steps)
-        return _log_accept(state_rep, p, state1, p1).exp().mean(0)  # (B,)
+        jittered = eps[idx] * (1 + JITTER * (2 * torch.rand_like(u_rep[..., :1]) - 1))  # (M, b, 1)
+        _, p1, state1 = _leapfrog(target.take(idx), u_rep, p, state_rep, jittered, steps)
+        return _log_accept(state_rep, p, state1, p1).exp().mean(0)  # (b,)
 
-    a = accept(eps)
+    a = accept(torch.arange(u.shape[0], device=u.device))
     up = a > target_accept  # grow while acceptance stays above the target, else shrink until it is above
     factor = torch.where(up, math.sqrt(2), math.sqrt(0.5)).to(eps.dtype).unsqueeze(-1)
     for _ in range(max_iter):
-        moving = (a > target_accept) == up
-        if not moving.any():
+        moving = ((a > target_accept) == up).nonzero().squeeze(-1)
+        if moving.numel() == 0:
             break
-        eps = torch.where(moving.unsqueeze(-1), eps * factor, eps)
-        a = torch.where(moving, accept(eps), a)
+        eps[moving] = eps[moving] * factor[moving]
+        a[moving] = accept(moving)
     return torch.where(up.unsqueeze(-1), eps / factor, eps)  # the growing ones overshot by one step
 
 
 # --- the paper's estimator (Appendix D) ----------------------------------------------------------------------
 
+@torch.no_grad()
 def hmc_estimator(model, x: torch.Tensor, *, num_samples: int = 50, leapfrog_steps: int = 4, burn_in: int = 5,
                   target_accept: float = 0.9, density: str = "auto", seed: int | None = None,
-                  batch_size: int = 100) -> dict:
+                  batch_size: int | None = None, progress: bool = False) -> dict:
     """Appendix D: posterior samples by HMC, a density q(z) fitted to them, then
     p(x) ~= [ (1/L) sum_l q(z_l) / (p(z_l) p(x|z_l)) ]^-1 over fresh posterior samples z_l.
 
@@ -126,7 +157,7 @@ def hmc_estimator(model, x: torch.Tensor, *, num_samples: int = 50, leapfrog_ste
 
     Args:
         model: follows the contract prior() / encode(x) / decode(z); a model that also has log_likelihood(z, x)
-            (VAE does) is evaluated through it, same value in fewer passes.
+            (VAE does) is evaluated through it where that is faster, same value.
         x: (N, D) data, processed `batch_size` datapoints at a time.
         num_samples: chain states collected per datapoint after burn-in (the paper: 50).
         leapfrog_steps: leapfrog steps per HMC transition (the paper: 4).
@@ -135,44 +166,53 @@ def hmc_estimator(model, x: torch.Tensor, *, num_samples: int = 50, leapfrog_ste
         density: "gaussian" (diagonal), "kde" (Gaussian kernels, bandwidth chosen by held-out likelihood within
             the first half) or "auto" (kde when the first half holds at least 4 samples per latent dimension).
         seed: seed of a private RNG stream (None: the global one).
+        batch_size: datapoints whose chains move together; None: as many as keep batch * D under HMC_FLOATS
+            (the initial step-size search, 16 trajectories per datapoint, goes in smaller groups).
+        progress: show a tqdm bar (on stderr) over datapoint-transitions, the step-size search counted as one.
 
     Returns:
         dict with (N,) `log_px` and `step_size`, floats `mean`, `stderr` and `accept_rate` (mean acceptance
         probability of the collected transitions).
     """
-    _check_positive(leapfrog_steps=leapfrog_steps, batch_size=batch_size)
+    _check_positive(leapfrog_steps=leapfrog_steps, batch_size=batch_size or 1)
     if num_samples < 4:
         raise ValueError(f"num_samples must be >= 4 (half fit q, half estimate), got {num_samples}")
     if density not in DENSITIES:
         raise ValueError(f"unknown density {density!r}; choose from {', '.join(DENSITIES)}")
     outs = []
-    with _evaluating(model, seed, x.device):
-        for xb in x.split(batch_size):
+    total = x.shape[0] * (1 + burn_in + num_samples)
+    with _evaluating(model, seed, x.device), tqdm(total=total, disable=not progress, desc="HMC", unit="step",
+                                                 unit_scale=True) as bar:
+        for xb in _batches(x, batch_size or _chunk_size(x.shape[-1], budget=HMC_FLOATS)):
             outs.append(_hmc_batch(Joint(model, xb), model.encode(xb).sample(), num_samples, leapfrog_steps,
-                                   burn_in, target_accept, density))
+                                   burn_in, target_accept, density, bar.update))
     log_px, accept, eps = (torch.cat(t) for t in zip(*outs))
     return _summary(log_px, accept_rate=float(accept.double().mean()), step_size=eps)
 
 
-def _hmc_batch(joint: Joint, z0, num_samples, steps, burn_in, target_accept, density):
+def _hmc_batch(joint: Joint, z0, num_samples, steps, burn_in, target_accept, density, update):
     u = joint.to_u(z0)  # (B, Du)
     state = joint(u)
-    eps = _initial_step_size(joint, u, state, steps, target_accept)  # (B, 1)
+    search = _chunk_size(16, joint.x.shape[-1], budget=HMC_FLOATS)  # datapoints per group of the step-size search
+    eps = torch.cat([_initial_step_size(joint.take(idx), u[idx], state.take(idx), steps, target_accept)
+                     for idx in _batches(torch.arange(u.shape[0], device=u.device), search)])  # (B, 1)
+    update(u.shape[0])
     for _ in range(burn_in):
         u, state, a = hmc_step(joint, u, state, eps, steps)
         eps = eps * torch.exp(a - target_accept).unsqueeze(-1)
+        update(u.shape[0])
     samples, log_joint, accepts = [], [], []
     for _ in range(num_samples):
         u, state, a = hmc_step(joint, u, state, eps, steps)
         samples.append(u)
-        log_joint.append(state.log_f)
+        log_joint.append(state.log_f())
         accepts.append(a)
+        update(u.shape[0])
     samples, log_joint = torch.stack(samples), torch.stack(log_joint)  # (S, B, Du), (S, B)
     half = num_samples // 2
     log_q = _fit_density(samples[:half], density)(samples[half:])  # (S - half, B)
     log_px = -_logmeanexp(log_q - log_joint[half:])
     return log_px, torch.stack(accepts).mean(0), eps.squeeze(-1)
-
 
 def _fit_density(fit: torch.Tensor, density: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """A density fitted per datapoint to samples fit (n, B, Du); returns log q for points (L, B, Du) -> (L, B)."""

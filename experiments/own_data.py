@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -93,6 +94,7 @@ def big(args) -> dict:
             out[s:s + pixels.shape[0]] = pixels[: rows - s]
         out.flush()
         del out
+    shutil.rmtree(work / "run-big", ignore_errors=True)
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "aevb", "train", "--data", str(path), "--test-fraction",
            str(args.test_fraction), "--samples", str(args.samples), "--threads", str(args.threads), "--no-progress",
            "--out", str(work / "run-big")]

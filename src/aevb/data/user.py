@@ -8,7 +8,6 @@ reads its minibatches from the memory map.
 """
 from __future__ import annotations
 
-import mmap
 import os
 import time
 from pathlib import Path
@@ -29,25 +28,23 @@ class Rows:
     """The rows `index` of a 2-D uint8 (or float) array left where it is, converted to float32 when indexed.
 
     Indexing with an int, a slice or an index tensor returns an (n, D) float32 tensor (uint8 levels divided by
-    255). A memory-mapped array is read through its own map, whose pages are released every `release_every` reads,
-    so reading a data set larger than memory keeps the resident set bounded.
+    255). The rows of a memory-mapped array are read from its file with `os.pread` (one read per run of consecutive
+    rows), not through the map: the data pass through the page cache, never into this process's resident memory,
+    so a data set larger than memory trains with bounded memory.
     """
 
     ndim = 2
     dtype = torch.float32
     device = torch.device("cpu")
 
-    def __init__(self, array: np.ndarray, index: np.ndarray | None = None, release_every: int = 256):
-        self._map = None
-        if isinstance(array, np.memmap) and array.filename:
-            with open(array.filename, "rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            array = np.frombuffer(self._map, array.dtype, array.size, array.offset).reshape(array.shape)
+    def __init__(self, array: np.ndarray, index: np.ndarray | None = None):
         self.array, self.index = array, index
+        self.file = None
+        if isinstance(array, np.memmap) and array.filename and array.flags.c_contiguous:
+            self.file = (array.filename, int(array.offset))
         self.scale = 255.0 if array.dtype == np.uint8 else None
         n = array.shape[0] if index is None else len(index)
         self.shape = torch.Size((n, array.shape[1]))
-        self.release_every, self._reads = release_every, 0
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -58,16 +55,37 @@ class Rows:
     def _rows(self, key) -> np.ndarray:
         if torch.is_tensor(key):
             key = key.cpu().numpy()
-        if isinstance(key, int):
+        if isinstance(key, (int, np.integer)):
             key = [key]
-        return np.arange(self.shape[0])[key] if self.index is None else self.index[key]
+        if isinstance(key, slice):
+            rows = np.arange(*key.indices(self.shape[0]))
+            return rows if self.index is None else self.index[rows]
+        return np.asarray(key, dtype=np.int64) if self.index is None else self.index[key]
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        """The rows from the file, consecutive ones in one read."""
+        d, dtype = self.array.shape[1], self.array.dtype
+        size = d * dtype.itemsize
+        out = np.empty((len(rows), d), dtype)
+        view = memoryview(out).cast("B")
+        starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
+        ends = np.append(starts[1:], len(rows))
+        fd = os.open(self.file[0], os.O_RDONLY)
+        try:
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                want = (b - a) * size
+                got = os.preadv(fd, [view[a * size:b * size]], self.file[1] + int(rows[a]) * size)
+                if got != want:
+                    raise DataError(f"{self.file[0]}: the file is shorter than its header says (truncated?)")
+        finally:
+            os.close(fd)
+        return out
 
     def __getitem__(self, key) -> torch.Tensor:
         rows = self._rows(key)
-        block = torch.from_numpy(np.array(self.array[rows]))
-        self._reads += 1
-        if self._map is not None and self._reads % self.release_every == 0:
-            self._map.madvise(mmap.MADV_DONTNEED)  # the pages stay in the page cache, not in this process
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.array.shape[0]):
+            raise IndexError(f"row index out of range for {self.array.shape[0]} rows")
+        block = torch.from_numpy(self._read(rows) if self.file else np.array(self.array[rows]))
         return block.to(torch.float32).div_(self.scale) if self.scale else block.to(torch.float32)
 
     def to(self, device, *args, **kwargs):
@@ -76,6 +94,9 @@ class Rows:
 
 
 def _tensor(a: np.ndarray, index: np.ndarray | None, scale: float | None) -> torch.Tensor:
+    """Rows of `a` as a float32 tensor (divided by `scale`); a memory map is read from its file (see Rows)."""
+    if isinstance(a, np.memmap):
+        return Rows(a, index)[:]
     rows = a if index is None else a[index]
     flat = np.asarray(rows).astype(np.float32) if rows.dtype != np.float32 else np.array(rows)
     t = torch.from_numpy(flat)

@@ -16,7 +16,7 @@ from aevb.cli import main
 from aevb.data import load
 from aevb.likelihoods import LIKELIHOODS
 from aevb.nets import ACTIVATIONS
-from aevb.inspect.report import _explorer_html, decoder_spec
+from aevb.inspect.report import JS_HEADS, _explorer_html, decoder_spec
 
 from browser import console_errors, full_page_screenshot, start_chromium, stop_chromium
 
@@ -130,7 +130,7 @@ def _page(tmp_path: Path, model, name: str, shape=(3, 4)) -> Path:
     return path
 
 
-CASES = [(a, "bernoulli") for a in ACTIVATIONS] + [("tanh", lik) for lik in LIKELIHOODS if lik != "bernoulli"]
+CASES = [(a, "bernoulli") for a in ACTIVATIONS] + [("tanh", lik) for lik in JS_HEADS if lik != "bernoulli"]
 
 
 def test_in_page_decoder_for_every_activation_and_likelihood(browser, tmp_path):
@@ -159,6 +159,16 @@ def test_in_page_decoder_for_every_activation_and_likelihood(browser, tmp_path):
         tol = 1e-3 if likelihood == "continuous-bernoulli" else 1e-5
         np.testing.assert_allclose(got, single, atol=tol, rtol=0, err_msg=f"{activation}, {likelihood}")
         assert console_errors(browser) == [], (activation, likelihood)
+
+
+def test_every_likelihood_has_an_in_page_head_or_a_one_line_refusal():
+    for likelihood in LIKELIHOODS:
+        model = VAE(ModelConfig(x_dim=6, latent_dim=2, hidden=(4,), likelihood=likelihood))
+        if likelihood in JS_HEADS:
+            assert decoder_spec(model)["head"]["kind"] == JS_HEADS[likelihood]
+        else:
+            with pytest.raises(ValueError, match=f"does not support the likelihood '{likelihood}'"):
+                decoder_spec(model)
 
 
 def test_unsupported_decoder_is_refused():

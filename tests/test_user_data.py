@@ -368,3 +368,17 @@ def test_a_table_run_samples_in_the_columns_own_units(tmp_path, capsys):
     # standardized columns are N(0, 1) for the model; undone, the draws sit around each column's own scale
     assert abs(s[:, 0].mean() - 1000) < 20 and abs(s[:, 1].mean() + 3) < 0.05
     assert _aevb("plot", out) == 2 and "no images" in capsys.readouterr().err
+
+
+def test_an_rgb_folder_trains_a_conv_model_with_the_discretized_logistic_and_reports(tmp_path, capsys):
+    _folder(tmp_path / "d", n=30, shape=(8, 12, 3))
+    out = tmp_path / "run"
+    assert _aevb("train", "--data", tmp_path / "d", "--arch", "conv", "--conv-widths", "4,8", "--latent-dim", 2,
+                 "--likelihood", "discretized-logistic", "--samples", 60, "--batch-size", 10, "--out", out,
+                 "--no-progress") == 0
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["test_bpd"] == pytest.approx(-last["test_elbo"] / (8 * 12 * 3 * np.log(2)), rel=1e-12)
+    assert 0 < last["test_bpd"] < 12  # a mass over 256 levels: at most 8 bits plus the KL
+    assert _aevb("report", out, "--out", tmp_path / "r.html") == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "Not available for this run" in page and "id='fig-samples'" in page and "id='fig-reconstructions'" in page

@@ -172,12 +172,18 @@ img { max-width: 100%; } img.grid { image-rendering: pixelated; }
 """
 
 
+def _data_name(data: dict) -> str:
+    """The built-in data set's name, or the path of your own data (`--data`)."""
+    return str(data.get("dataset") or data.get("data") or "?")
+
+
 def build_report(run_dir, ds, *, dims=None, points: int = 1000, include: dict[str, dict] | None = None,
                  explorer: bool = True, seed: int = 0) -> str:
     """The report's HTML for the run in `run_dir` with its data set `ds` (see module docstring).
 
     Raises:
-        ValueError: the run's data have no images (`data.image_shape` null), or the explorer cannot run its decoder.
+        ValueError: the run's data have no images (`data.image_shape` null). A decoder the explorer cannot run (a
+            conv decoder, a likelihood without an in-page head) leaves the explorer out with a note saying why.
     """
     model, config = load_run(run_dir)
     metrics = runs.read_metrics(run_dir)
@@ -194,7 +200,7 @@ def build_report(run_dir, ds, *, dims=None, points: int = 1000, include: dict[st
     except ValueError:
         pass
     parts = [f"<h1>aevb run: {html.escape(str(run_dir))}</h1>",
-             f"<p class='small'>{html.escape(config.get('data', {}).get('dataset', '?'))}, preset "
+             f"<p class='small'>{html.escape(_data_name(config.get('data', {})))}, preset "
              f"{html.escape(str(config.get('preset')))}, created {html.escape(str(config.get('created')))}; "
              f"report by aevb {__version__} at {time.strftime('%Y-%m-%d %H:%M:%S')}.</p>"]
     parts.append("<h2>Metrics</h2>")
@@ -215,7 +221,13 @@ def build_report(run_dir, ds, *, dims=None, points: int = 1000, include: dict[st
         parts.append(f"<figure id='fig-{name}'>{_img(png_bytes(pic, display_scale(shape)), name, cls)}"
                      f"<figcaption><b>{html.escape(name)}</b>: {html.escape(caption)}</figcaption></figure>")
     if explorer:
-        parts.append(_explorer_html(model, ds, shape, dims, points, class_names(config, ds)))
+        try:
+            decoder_spec(model)
+        except ValueError as e:  # a decoder the page cannot run (conv, new likelihoods): the rest of the report
+            parts.append(f"<h2>Latent explorer</h2><p class='small'>Not available for this run: "
+                         f"{html.escape(str(e))}.</p>")
+        else:
+            parts.append(_explorer_html(model, ds, shape, dims, points, class_names(config, ds)))
     parts.append("<h2>Config</h2>" + _table(_flatten(config)))
     body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'>"

@@ -382,3 +382,14 @@ def test_an_rgb_folder_trains_a_conv_model_with_the_discretized_logistic_and_rep
     assert _aevb("report", out, "--out", tmp_path / "r.html") == 0
     page = (tmp_path / "r.html").read_text()
     assert "Not available for this run" in page and "id='fig-samples'" in page and "id='fig-reconstructions'" in page
+
+
+def test_restore_refuses_the_logistic_mixture_in_one_line(tmp_path, capsys):
+    from aevb import ModelConfig
+    from aevb.inspect.restore_methods import _pixel_log_prob
+    from aevb.models import build
+
+    model = build(ModelConfig(x_dim=3 * 4 * 4, image_shape=(3, 4, 4), latent_dim=2, hidden=(8,),
+                              likelihood="discretized-logistic", mixtures=2))
+    with pytest.raises(ValueError, match="couples each pixel's channels"):
+        _pixel_log_prob(model, torch.zeros(1, 2), torch.zeros(1, 48))

@@ -141,9 +141,17 @@ def _chunks(total: int, per_sample: int, max_floats: int = 2**22):
         yield min(step, total - start)
 
 
+def _values(p):
+    """The per-value distribution of p(x|z) (values independent given z), or a one-line ValueError."""
+    if not hasattr(p, "base_dist"):
+        raise ValueError("restoration needs a likelihood whose values are independent given z; the logistic mixture "
+                         "(--mixtures > 1) couples each pixel's channels")
+    return p.base_dist
+
+
 def _pixel_log_prob(model, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log p(x_d | z) per pixel: (..., D)."""
-    return model.decode(z).base_dist.log_prob(x)
+    return _values(model.decode(z)).log_prob(x)
 
 
 def _map_latent(model, z0: torch.Tensor, log_lik, steps: int, lr: float) -> torch.Tensor:
@@ -222,7 +230,7 @@ def inpaint_importance(model, x_obs: torch.Tensor, missing: torch.Tensor, propos
     for k in _chunks(samples, x_obs.shape[0] * x_obs.shape[1]):
         z = q.sample((k,))  # (k, B, Dz)
         p = model.decode(z)
-        per_pixel = p.base_dist.log_prob(x_obs)  # observed pixels are exact in x_obs; missing ones are ignored
+        per_pixel = _values(p).log_prob(x_obs)  # observed pixels are exact in x_obs; missing ones are ignored
         lw = (per_pixel * observed).sum(-1) + prior.log_prob(z) - q.log_prob(z)  # (k, B)
         new_top = torch.maximum(top, lw.max(0).values)
         rescale = torch.exp(top - new_top)
@@ -232,7 +240,7 @@ def inpaint_importance(model, x_obs: torch.Tensor, missing: torch.Tensor, propos
         top = new_top
         log_w.append(lw)
         if truth is not None:
-            lik_miss.append((p.base_dist.log_prob(truth) * (1 - observed)).sum(-1))
+            lik_miss.append((_values(p).log_prob(truth) * (1 - observed)).sum(-1))
     completion = torch.where(missing, acc / norm.unsqueeze(-1), x_obs)
     loglik = None
     if truth is not None:

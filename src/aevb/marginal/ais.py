@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .common import (HMC_FLOATS, PILOT_CHAINS, _batches, _check_positive, _chunk_size, _evaluating, _logmeanexp,
-                     _summary)
+from .common import PILOT_CHAINS, _batches, _check_positive, _evaluating, _hmc_chunk, _logmeanexp, _summary
 from .hmc import hmc_step, Joint
 
 
@@ -47,7 +46,7 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, l
         dict with (N,) `log_px` and `step_size` (final), floats `mean`, `stderr` and `accept_rate`.
     """
     pilots = PILOT_CHAINS if adapt else 0
-    batch_size = batch_size or _chunk_size(num_chains + pilots, x.shape[-1], budget=HMC_FLOATS)
+    batch_size = batch_size or _hmc_chunk(num_chains + pilots, x.shape[-1])
     _check_positive(num_steps=num_steps, num_chains=num_chains, leapfrog_steps=leapfrog_steps,
                     batch_size=batch_size)
     betas = sigmoid_schedule(num_steps).tolist()

@@ -67,6 +67,11 @@ def _batches(t: torch.Tensor, max_size: int) -> tuple[torch.Tensor, ...]:
     return t.split(max(1, math.ceil(n / pieces)))
 
 
-def _chunk_size(*dims: int, budget: int | None = None) -> int:
-    """Leading size k that keeps a (k, *dims) tensor under `budget` numbers (default MAX_FLOATS)."""
-    return max(1, (budget or MAX_FLOATS) // max(1, math.prod(dims)))
+def _chunk_size(*dims: int) -> int:
+    """Leading size k that keeps a (k, *dims) tensor under MAX_FLOATS numbers."""
+    return max(1, MAX_FLOATS // max(1, math.prod(dims)))
+
+
+def _hmc_chunk(*dims: int) -> int:
+    """Leading size k that keeps a (k, *dims) tensor under HMC_FLOATS numbers."""
+    return max(1, HMC_FLOATS // max(1, math.prod(dims)))

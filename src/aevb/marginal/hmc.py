@@ -9,8 +9,8 @@ import torch
 from torch.distributions import biject_to
 from tqdm.auto import tqdm
 
-from .common import (DENSITIES, HMC_FLOATS, JITTER, KDE_FACTORS, _batches, _check_positive, _chunk_size,
-                     _evaluating, _log_likelihood, _logmeanexp, _summary)
+from .common import (DENSITIES, JITTER, KDE_FACTORS, _batches, _check_positive, _chunk_size, _evaluating,
+                     _hmc_chunk, _log_likelihood, _logmeanexp, _summary)
 
 
 class _State(NamedTuple):
@@ -118,13 +118,15 @@ def _initial_step_size(target: Joint, u, state: _State, steps: int, target_accep
     """Per datapoint, multiply or divide eps by sqrt(2), starting from 1, until the mean acceptance probability of
     a full jittered trajectory (over `num_momenta` momenta) crosses `target_accept`, and keep the last eps on the
     high-acceptance side; after Hoffman & Gelman (2014, Alg. 4), who use a single leapfrog step and 1/2.
-    Each round simulates only the datapoints whose eps still moves. u is (B, Du); returns eps (B, 1)."""
+    Each round simulates only the datapoints whose eps still moves, but draws the momenta and jitters of all, so
+    that a datapoint's eps does not depend on the others in its batch. u is (B, Du); returns eps (B, 1)."""
     eps = u.new_ones(u.shape[:-1]).unsqueeze(-1)
 
     def accept(idx):
         u_rep, state_rep = u[idx].expand(num_momenta, -1, -1), state.take(idx).expand(num_momenta)  # (M, b, Du)
-        p = torch.randn_like(u_rep)
-        jittered = eps[idx] * (1 + JITTER * (2 * torch.rand_like(u_rep[..., :1]) - 1))  # (M, b, 1)
+        p = torch.randn((num_momenta, *u.shape), dtype=u.dtype, device=u.device)[:, idx]
+        jitter = torch.rand((num_momenta, u.shape[0], 1), dtype=u.dtype, device=u.device)[:, idx]
+        jittered = eps[idx] * (1 + JITTER * (2 * jitter - 1))  # (M, b, 1)
         _, p1, state1 = _leapfrog(target.take(idx), u_rep, p, state_rep, jittered, steps)
         return _log_accept(state_rep, p, state1, p1).exp().mean(0)  # (b,)
 
@@ -183,7 +185,7 @@ def hmc_estimator(model, x: torch.Tensor, *, num_samples: int = 50, leapfrog_ste
     total = x.shape[0] * (1 + burn_in + num_samples)
     with _evaluating(model, seed, x.device), tqdm(total=total, disable=not progress, desc="HMC", unit="step",
                                                  unit_scale=True) as bar:
-        for xb in _batches(x, batch_size or _chunk_size(x.shape[-1], budget=HMC_FLOATS)):
+        for xb in _batches(x, batch_size or _hmc_chunk(x.shape[-1])):
             outs.append(_hmc_batch(Joint(model, xb), model.encode(xb).sample(), num_samples, leapfrog_steps,
                                    burn_in, target_accept, density, bar.update))
     log_px, accept, eps = (torch.cat(t) for t in zip(*outs))
@@ -193,7 +195,7 @@ def hmc_estimator(model, x: torch.Tensor, *, num_samples: int = 50, leapfrog_ste
 def _hmc_batch(joint: Joint, z0, num_samples, steps, burn_in, target_accept, density, update):
     u = joint.to_u(z0)  # (B, Du)
     state = joint(u)
-    search = _chunk_size(16, joint.x.shape[-1], budget=HMC_FLOATS)  # datapoints per group of the step-size search
+    search = _hmc_chunk(16, joint.x.shape[-1])  # datapoints per group of the step-size search
     eps = torch.cat([_initial_step_size(joint.take(idx), u[idx], state.take(idx), steps, target_accept)
                      for idx in _batches(torch.arange(u.shape[0], device=u.device), search)])  # (B, 1)
     update(u.shape[0])

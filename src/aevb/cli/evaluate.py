@@ -1,6 +1,7 @@
 """`aevb eval` (the ELBO, log p(x) by a chosen estimator, or posterior diagnostics) and `aevb sample`."""
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
@@ -14,12 +15,13 @@ from ..estimators import evaluate, resolve_estimator
 from ..inspect.diagnostics import diagnose
 from ..inspect.plots import sample_grid, save_image
 from ..load import load_run
-from ..marginal import log_likelihood
+from ..marginal import ais, log_likelihood
 from ..train import EVAL_BINARIZATION_SEEDS
 from .common import UsageError, check_positive, compile_failed, device as get_device, run_and_data
 
 
 K_NAMES = {"is": "num_samples", "hmc": "num_samples", "ais": "num_chains"}
+AIS_DEFAULTS = {p.name: p.default for p in inspect.signature(ais).parameters.values()}
 
 
 def _split(args, config, ds, device):
@@ -34,11 +36,7 @@ def _eval_marginal(args, model, config, ds, device) -> dict:
     """log p(x) on one split by the chosen estimator, with the ELBO and bits/dim of the same datapoints."""
     x = _split(args, config, ds, device)
     binarize = config["train"].get("binarize", "none")
-    kw = {"seed": args.seed} if args.method != "grid" else {}
-    if args.k is not None and args.method in K_NAMES:
-        kw[K_NAMES[args.method]] = args.k
-    if args.method == "is":
-        kw.update(progress=True, compile=args.compile)
+    kw = _method_options(args)
     start = time.perf_counter()
     try:
         r = log_likelihood(model, x, args.method, **kw)
@@ -48,12 +46,44 @@ def _eval_marginal(args, model, config, ds, device) -> dict:
     torch.manual_seed(args.seed)
     elbo = evaluate(model, x, estimator=resolve_estimator("auto", model), num_samples=args.num_samples)
     k = kw.get(K_NAMES.get(args.method, ""), None)
-    return {"run": str(args.run), "method": args.method, "k": k, "split": args.split, "n": int(x.shape[0]),
+    ais_settings = {}
+    if args.method == "ais":
+        ais_settings = {"chains": k or AIS_DEFAULTS["num_chains"],
+                        "ais_steps": kw.get("num_steps", AIS_DEFAULTS["num_steps"])}
+    return {"run": str(args.run), "method": args.method, "k": k, **ais_settings, "split": args.split,
+            "n": int(x.shape[0]),
             "log_likelihood": r["mean"], "stderr": r["stderr"], "nll": -r["mean"], "elbo": elbo["elbo"],
             "bits_per_dim": -r["mean"] / (x.shape[1] * math.log(2)),
             "binarization": f"static, seed {EVAL_BINARIZATION_SEEDS[args.split]}" if binarize != "none" else "none",
             "seconds": round(seconds, 3),
             **{key: v for key, v in r.items() if key not in ("log_px", "mean", "stderr") and not torch.is_tensor(v)}}
+
+
+def _method_options(args) -> dict:
+    """The keyword arguments of the chosen log p(x) estimator from --k, --chains, --ais-steps, --compile, --seed
+    and --no-progress."""
+    if args.method == "grid":
+        return {}
+    kw = {"seed": args.seed, "progress": not args.no_progress}
+    if args.k is not None and args.method in K_NAMES:
+        kw[K_NAMES[args.method]] = args.k
+    if args.method == "ais":
+        kw.update({"num_chains": args.chains} if args.chains is not None else {},
+                  **({"num_steps": args.ais_steps} if args.ais_steps is not None else {}))
+    if args.method == "is":
+        kw["compile"] = args.compile
+    return kw
+
+
+def _check_method_flags(args) -> None:
+    check_positive(chains=args.chains, ais_steps=args.ais_steps, threads=args.threads)
+    for flag, value in (("--chains", args.chains), ("--ais-steps", args.ais_steps)):
+        if value is not None and args.method != "ais":
+            raise UsageError(f"{flag} applies to --method ais")
+    if args.chains is not None and args.k is not None:
+        raise UsageError("--k and --chains both set the chains of --method ais; give one of them")
+    if args.compile and args.method != "is":
+        raise UsageError("--compile applies to --method is")
 
 
 def _eval_diagnostics(args, model, config, ds, device) -> dict:
@@ -72,8 +102,9 @@ def cmd_eval(args) -> int:
     check_positive(num_samples=args.num_samples)
     if args.diagnostics and args.method:
         raise UsageError("--diagnostics and --method are separate evaluations; give one of them")
-    if args.compile and args.method != "is":
-        raise UsageError("--compile applies to --method is")
+    _check_method_flags(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = get_device(args.device)
     model, config, ds = run_and_data(args.run, args.data_dir, device)
     if args.diagnostics:

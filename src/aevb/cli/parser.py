@@ -100,7 +100,11 @@ def _eval_parser(sub) -> None:
     e.add_argument("--method", choices=sorted(METHODS), help="log p(x) estimator: is (importance sampling), hmc "
                    "(the paper's Appendix D), ais (annealed importance sampling), grid (exact, Nz <= 2)")
     e.add_argument("--k", type=opt.count, help="samples: importance samples (is, default 5000), posterior samples "
-                   "(hmc, default 50), chains (ais, default 16); ignored by grid")
+                   "(hmc, default 50), chains (ais, default 16; the same as --chains); ignored by grid")
+    e.add_argument("--chains", type=int, metavar="C", help="with --method ais: weighted chains per datapoint "
+                   "(default 16; --k sets the same, give one of them)")
+    e.add_argument("--ais-steps", type=int, metavar="T", help="with --method ais: temperatures after beta = 0, "
+                   "sigmoid-spaced (default 500; the cost is proportional to T)")
     e.add_argument("--compile", action="store_true",
                    help="with --method is: compute log p(x|z) through torch.compile (the same estimate; the first "
                    "compilation takes a few seconds; needs a C++ compiler)")
@@ -109,6 +113,8 @@ def _eval_parser(sub) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--data-dir", help="override the data folder recorded in the run")
     e.add_argument("--device", default="cpu")
+    e.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar (is, ais, hmc; on stderr)")
     e.add_argument("--diagnostics", action="store_true",
                    help="posterior diagnostics on --split instead: active units, KL per dimension, mutual "
                    "information I(x; z), amortization gap")

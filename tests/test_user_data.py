@@ -131,8 +131,11 @@ def test_a_bad_image_is_named_or_skipped_and_counted(tmp_path, damage):
     with pytest.raises(DataError, match=r"3\.png.*--skip-bad") as e:
         open_data(tmp_path / "d", test_fraction=0.2, progress=False)
     _one_line(e)
+    decoded = tmp_path / "cache" / "aevb" / "decoded"
+    assert not any(decoded.iterdir())  # nothing partial left in the cache
     ds = open_data(tmp_path / "d", test_fraction=0.2, skip_bad=True, progress=False)
     assert ds.train.shape[0] + ds.test.shape[0] == 5 and ds.source["skipped"] == 1
+    assert [p.name.startswith(".tmp") for p in decoded.iterdir()] == [False]
 
 
 def test_non_images_are_ignored_and_counted_and_an_empty_folder_refused(tmp_path):
@@ -154,6 +157,16 @@ def test_a_decompression_bomb_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 1,600 pixels: more than twice the limit
     with pytest.raises(DataError, match=r"0\.png.*decompression bomb") as e:
         open_data(tmp_path / "b", test_fraction=0.5, progress=False)
+    _one_line(e)
+
+
+@pytest.mark.parametrize("name,match", [("missing", "no such file or folder"),
+                                        ("notes.txt", "cannot read this kind of file")])
+def test_a_missing_source_or_an_unknown_kind_of_file_is_refused(tmp_path, name, match):
+    if name != "missing":
+        (tmp_path / name).write_text("x")
+    with pytest.raises(DataError, match=match) as e:
+        open_data(tmp_path / name, progress=False)
     _one_line(e)
 
 

@@ -223,6 +223,7 @@ def test_rows_left_on_disk_read_like_the_resident_tensor(tmp_path, monkeypatch):
     idx = torch.tensor([5, 0, 39, 5, 6, 7, 8, 2])
     for _ in range(3):
         assert torch.equal(disk.train[idx], resident.train[idx])
+    assert torch.equal(torch.cat(list(disk.train.split(7))), resident.train)
     assert torch.equal(disk.train[3:9], resident.train[3:9]) and disk.train.shape == resident.train.shape
 
 
@@ -333,7 +334,8 @@ def test_train_eval_and_sample_on_a_folder_and_bad_input_leaves_nothing(tmp_path
     assert config["data"]["image_shape"] == [4, 6] and config["data"]["source"]["class_names"] == ["a", "b"]
     assert (out / "split.safetensors").is_file() and (out / "samples.png").is_file()
     assert _aevb("eval", out) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_test"] == 2
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n_test"] == 2 and result["test_bpd"] == pytest.approx(-result["test_elbo"] / (24 * np.log(2)))
     _save(tmp_path / "d" / "a" / "0.png", np.zeros((4, 6), np.uint8))
     assert _aevb("eval", out) == 2
     assert "has changed since the run was made" in capsys.readouterr().err

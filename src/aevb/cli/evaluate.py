@@ -123,7 +123,7 @@ def cmd_eval(args) -> int:
         torch.manual_seed(0)
         r = evaluate(model, x.to(device), estimator=estimator, num_samples=args.num_samples)
         result.update({f"{split}_elbo": r["elbo"], f"{split}_rec": r["rec"], f"{split}_kl": r["kl"],
-                       f"n_{split}": r["n"]})
+                       f"{split}_bpd": -r["elbo"] / (x.shape[1] * math.log(2)), f"n_{split}": r["n"]})
     result["binarize"] = binarize
     result["seconds"] = round(time.perf_counter() - start, 3)
     print(json.dumps(result))

@@ -88,6 +88,10 @@ class Rows:
         block = torch.from_numpy(self._read(rows) if self.file else np.array(self.array[rows]))
         return block.to(torch.float32).div_(self.scale) if self.scale else block.to(torch.float32)
 
+    def split(self, size: int):
+        """Consecutive blocks of `size` rows (the last may be shorter), each read when reached, as tensors."""
+        return (self[a:a + size] for a in range(0, self.shape[0], size))
+
     def to(self, device, *args, **kwargs):
         """Itself on the CPU; elsewhere every row, converted (it must fit in the device's memory)."""
         return self if torch.device(device).type == "cpu" else self[:].to(device)

@@ -207,7 +207,8 @@ def build_report(run_dir, ds, *, dims=None, points: int = 1000, include: dict[st
     if metrics:
         last = metrics[-1]
         keys = [k for k in ("samples_seen", "epoch", "step", "train_elbo", "test_elbo", "train_rec", "train_kl",
-                            "test_rec", "test_kl", "test_elbo_raw", "lr", "seconds") if k in last]
+                            "test_rec", "test_kl", "test_elbo_raw", "train_bpd", "test_bpd", "lr", "seconds")
+                if k in last]
         parts.append("<p>Last evaluation (nats per datapoint):</p>" + _table([(k, last[k]) for k in keys]))
         hist_keys = ["samples_seen", "train_elbo", "test_elbo"]
         parts.append("<details><summary>Every evaluation</summary>" +

@@ -2,7 +2,9 @@
 and z, and the amortization gap.
 
 - Active units (Burda et al. 2016): dimension j is active when Cov_x(E_q[z_j | x]) > 0.01 over the data.
-- KL per dimension: E_x KL(q(z_j|x) || p(z_j)) for factorized posteriors; the total is the ELBO's KL term.
+- KL per dimension: E_x KL(q(z_j|x) || p(z_j)) for factorized posteriors; the total is the ELBO's KL term. For a
+  mixture prior of diagonal Gaussians (--prior mog, vamp) p(z_j) is the prior's marginal and the terms, by Monte
+  Carlo, need not add up to the ELBO's KL (the prior does not factorize); a flow posterior has none.
 - Mutual information under q(x, z) = p_data(x) q(z|x) (Hoffman & Johnson 2016):
   I(x; z) = E_x E_q(z|x)[log q(z|x) - log q(z)], with the aggregate posterior q(z) = (1/N) sum_n q(z|x_n) taken over
   the same N datapoints. With one z_n ~ q(z|x_n) each, this is the InfoNCE form with critic log q(z|x): a lower
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Independent, MixtureSameFamily, Normal, kl_divergence
 
 ACTIVE_THRESHOLD = 0.01
 MAX_FLOATS = 2**22  # elements per (chunk, N, Dz) block of the aggregate-posterior density
@@ -28,7 +30,10 @@ def _batches(x: torch.Tensor, batch_size: int):
 
 
 def posterior_location(q) -> torch.Tensor:
-    """E_q[z] (batch..., Dz); the median where the family has no finite mean (e.g. Cauchy)."""
+    """E_q[z] (batch..., Dz); the median where the family has no finite mean (e.g. Cauchy); for a flow posterior
+    (no closed-form mean) its `location`, the flow of the base Gaussian's mean."""
+    if hasattr(type(q), "location"):
+        return q.location
     try:
         m = q.mean
         if torch.isfinite(m).all():
@@ -58,6 +63,11 @@ def active_units(means: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> tu
 
 
 def _per_dim_kl(q, prior, samples: int, generator: torch.Generator | None) -> torch.Tensor:
+    if isinstance(q, Independent) and isinstance(prior, MixtureSameFamily):
+        return _per_dim_kl_mixture(q.base_dist, prior, samples)
+    if getattr(q, "own_samples_only", False):
+        raise ValueError("KL per dimension needs a posterior that factorizes over dimensions; a flow posterior "
+                         "does not")
     if not (isinstance(q, Independent) and isinstance(prior, Independent)):
         raise ValueError(f"KL per dimension needs a factorized posterior and prior; got {type(q).__name__} and "
                          f"{type(prior).__name__}")
@@ -69,11 +79,26 @@ def _per_dim_kl(q, prior, samples: int, generator: torch.Generator | None) -> to
         return (qb.log_prob(z) - pb.log_prob(z)).mean(0)
 
 
+def _per_dim_kl_mixture(qb, prior: MixtureSameFamily, samples: int) -> torch.Tensor:
+    """KL(q(z_j|x) || p(z_j)) by Monte Carlo against the marginals p(z_j) = sum_k pi_k p_k(z_j) of a mixture of
+    factorized components: (B, Dz)."""
+    comp = prior.component_distribution
+    if not isinstance(comp, Independent):
+        raise ValueError(f"KL per dimension needs factorized mixture components; got {type(comp).__name__}")
+    z = qb.sample((samples,))  # (S, B, Dz)
+    log_pi = prior.mixture_distribution.logits.log_softmax(-1)  # (K,)
+    chunk = max(1, MAX_FLOATS // max(1, z[0].numel() * log_pi.numel()))
+    log_p = torch.cat([torch.logsumexp(comp.base_dist.log_prob(zc.unsqueeze(-2)) + log_pi.unsqueeze(-1), dim=-2)
+                       for zc in z.split(chunk)])  # (S, B, Dz)
+    return (qb.log_prob(z) - log_p).mean(0)
+
+
 @torch.no_grad()
 def kl_per_dim(model, x: torch.Tensor, *, batch_size: int = 1000, mc_samples: int = 256) -> torch.Tensor:
     """E_x KL(q(z_j|x) || p(z_j)) for each latent dimension j, in nats: (Dz,) float64.
 
-    Analytic where torch or aevb.distributions.kl has the pair, else a Monte Carlo average of `mc_samples` draws.
+    Analytic where torch or aevb.distributions.kl has the pair, else a Monte Carlo average of `mc_samples` draws
+    (against the marginals p(z_j) for a mixture prior). A flow posterior has no per-dimension KL (ValueError).
     """
     prior = model.prior()
     total = None
@@ -110,6 +135,9 @@ def _log_aggregate(q_all, z: torch.Tensor) -> torch.Tensor:
 def mutual_information(model, x: torch.Tensor, *, seed: int = 0, batch_size: int = 1000) -> dict:
     """I(x; z) under p_data(x) q(z|x), with one z_n ~ q(z|x_n) per datapoint and q(z) the mixture over all N.
 
+    Raises:
+        ValueError: a flow posterior (its density is known at its own draws only).
+
     Returns:
         dict: `mutual_information` (nats; a lower bound of I in expectation), `log_n` (its ceiling),
         `avg_kl` = E_x KL(q(z|x) || p(z)) (an upper bound of I, by Monte Carlo with the same z),
@@ -120,6 +148,9 @@ def mutual_information(model, x: torch.Tensor, *, seed: int = 0, batch_size: int
         raise ValueError("the mutual information needs at least 2 datapoints")
     raw = torch.cat([model.encoder_params(xb) for xb in _batches(x, batch_size)])  # (N, n_out)
     q_all = model.posterior(raw)
+    if getattr(q_all, "own_samples_only", False):
+        raise ValueError("the mutual information needs q(z|x_m) at other datapoints' samples, which a flow "
+                         "posterior cannot evaluate")
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):  # private RNG stream
         torch.manual_seed(seed)
         z = q_all.sample()  # (N, Dz): z_n ~ q(z|x_n)
@@ -238,11 +269,18 @@ def diagnose(model, x: torch.Tensor, *, threshold: float = ACTIVE_THRESHOLD, gap
         out["kl_per_dim"] = [round(float(v), 6) for v in kl]
         out["kl_total"] = float(kl.sum())
         out["kl_active"] = float(kl[active].sum())
+        if isinstance(model.prior(), MixtureSameFamily):
+            out["kl_per_dim_note"] = ("against the mixture prior's marginals p(z_j), by Monte Carlo: the terms "
+                                      "need not add up to the ELBO's KL")
     except ValueError as e:
         out["kl_per_dim"] = None
         out["kl_per_dim_unavailable"] = str(e)
-    out.update({f"mi_{k}" if k != "mutual_information" else k: v
-                for k, v in mutual_information(model, x, seed=seed).items() if k != "n"})
+    try:
+        out.update({f"mi_{k}" if k != "mutual_information" else k: v
+                    for k, v in mutual_information(model, x, seed=seed).items() if k != "n"})
+    except ValueError as e:
+        out["mutual_information"] = None
+        out["mutual_information_unavailable"] = str(e)
     if gap_points:
         out["amortization"] = amortization_gap(model, x[:gap_points], steps=gap_steps, lr=gap_lr,
                                                is_samples=gap_is_samples, seed=seed)

@@ -135,6 +135,19 @@ def sample_grid(model, image_shape, n: int = 100, seed: int = 0) -> np.ndarray:
 
 
 @torch.no_grad()
+def pseudo_inputs_grid(model, image_shape, n: int = 100) -> np.ndarray:
+    """The VampPrior's first n pseudo-inputs u_k (`--prior vamp`) as pictures, clamped to [0, 1].
+
+    Raises:
+        ValueError: the model's prior has no pseudo-inputs.
+    """
+    u = getattr(getattr(model, "learned_prior", None), "pseudo_inputs", None)
+    if u is None:
+        raise ValueError("only the VampPrior (--prior vamp) has pseudo-inputs")
+    return image_grid(as_images(u()[:n].clamp(0, 1), image_shape))
+
+
+@torch.no_grad()
 def manifold_grid(model, image_shape, n: int = 20, dims: tuple[int, int] = (0, 1)) -> np.ndarray:
     """Figure 4: a regular grid on the unit square mapped through the inverse Gaussian CDF into two latent dims.
 
@@ -311,6 +324,9 @@ def run_figures(model, config: dict, ds, metrics: list[dict], *, n_latent: int =
     out["reconstructions"] = ("Rows 1, 3, 5, ...: test images; the row below each: its reconstruction, the decoder "
                               "mean at the posterior mean.", reconstruction_grid(model, x[:50], shape))
     out["samples"] = ("Decoder means of 100 draws z ~ p(z).", sample_grid(model, shape, seed=seed))
+    if getattr(model.config, "prior", None) == "vamp":
+        out["pseudo_inputs"] = ("The VampPrior's pseudo-inputs u_k: p(z) = (1/K) sum_k q(z|u_k).",
+                                pseudo_inputs_grid(model, shape))
     if dz == 2:
         out["manifold"] = ("The learned 2-D manifold: decoder means on the inverse-Gaussian-CDF grid (Figure 4).",
                            manifold_grid(model, shape))

@@ -10,6 +10,8 @@ from torch.distributions import Distribution, Independent, Normal
 from ..distributions.families import POSTERIORS, PRIORS, analytic_kl
 from ..likelihoods import LIKELIHOODS
 from .config import ModelConfig
+from .flows import FlowPosterior, build_flow
+from .priors import build_prior
 
 
 class LatentModel(nn.Module):
@@ -28,11 +30,20 @@ class LatentModel(nn.Module):
         self.config = config
         c = config
         self.family = POSTERIORS[c.posterior]
-        # whether KL(q(z|x) || p(z)) has a closed form, decided from the two families (no data, no encoder)
-        self.has_analytic_kl = analytic_kl(c.posterior, c.prior)
-        self._prior = PRIORS[c.prior][1]
+        self.flow = build_flow(c)  # None without --flow (then no state_dict keys of its own)
+        self.learned_prior = build_prior(c)  # None for a standard family
+        # whether KL(q(z|x) || p(z)) has a closed form, decided from the two families (no data, no encoder); a
+        # learned prior or a flow posterior has none
+        learned = self.flow is not None or self.learned_prior is not None
+        self.has_analytic_kl = False if learned else analytic_kl(c.posterior, c.prior)
+        self._prior = None if self.learned_prior is not None else PRIORS[c.prior][1]
         self.register_buffer("prior_loc", torch.zeros(c.latent_dim))
         self.register_buffer("prior_scale", torch.ones(c.latent_dim))
+
+    def raw_size(self) -> int:
+        """Width of the encoder's raw output: q's (base) parameters and, with a flow, what the flow takes."""
+        extra = self.flow.n_raw if self.flow is not None else 0
+        return self.family.n_out(self.config.latent_dim) + extra
 
     def likelihood_head(self, in_dim: int | None) -> nn.Module:
         """The configured p(x|z) head on features of width in_dim (None: the decoder computes its pre-activations)."""
@@ -41,7 +52,10 @@ class LatentModel(nn.Module):
         return LIKELIHOODS[c.likelihood](in_dim, c.x_dim, levels=c.levels, mixtures=c.mixtures, channels=channels)
 
     def prior(self) -> Distribution:
-        """p(z), event shape (Dz,): N(0, I) by default, else the standard member of the configured family."""
+        """p(z), event shape (Dz,): N(0, I) by default, else the standard member of the configured family, or the
+        learned mixture (mog, vamp: see priors.py), built at each call so that gradients reach its parameters."""
+        if self.learned_prior is not None:
+            return self.learned_prior(self)
         if self.config.prior == "normal":
             return Independent(Normal(self.prior_loc, self.prior_scale, validate_args=False), 1)
         return self._prior(self.prior_loc)
@@ -54,9 +68,18 @@ class LatentModel(nn.Module):
         """The decoder's features (..., F) that `dec_head` turns into p(x|z)."""
         raise NotImplementedError
 
+    def base_posterior(self, raw: torch.Tensor) -> Distribution:
+        """q(z|x) before any flow: the family built from the first n_out raw outputs."""
+        dz = self.config.latent_dim
+        return self.family.build(raw[..., :self.family.n_out(dz)], dz)
+
     def posterior(self, raw: torch.Tensor) -> Distribution:
-        """q(z|x) from raw encoder outputs (pass raw.detach() for the stop-gradient q of STL and DReG)."""
-        return self.family.build(raw, self.config.latent_dim)
+        """q(z|x) from raw encoder outputs (pass raw.detach() for the stop-gradient q of STL and DReG); with a flow
+        a FlowPosterior, whose log_prob is known at its own draws only (flows.py)."""
+        if self.flow is None:
+            return self.family.build(raw, self.config.latent_dim)
+        n = self.family.n_out(self.config.latent_dim)
+        return FlowPosterior(self.base_posterior(raw), self.flow, raw[..., n:])
 
     def encode(self, x: torch.Tensor) -> Distribution:
         """q(z|x); x is (..., D), the distribution has batch shape (...) and event shape (Dz,).

@@ -13,6 +13,8 @@ from .. import options as opt
 from ..distributions.families import POSTERIORS, PRIORS, check_pair
 from ..likelihoods import LIKELIHOODS
 from ..nets import ACTIVATIONS
+from .flows import DEFAULT_HIDDEN, DEFAULT_STEPS, FLOWS
+from .priors import DEFAULT_COMPONENTS, LEARNED_PRIORS
 from .registry import DEFAULT_ARCH, MODELS
 
 INITS = ("paper", "torch")
@@ -40,7 +42,9 @@ class ModelConfig:
         "normal", "family of q(z|x) (default normal)", choices=lambda: sorted(POSTERIORS),
         apply=lambda v: {"posterior": v, "prior": None})  # a new posterior brings its own default prior
     prior: str | None = opt.option(
-        None, "p(z), of matching support (default: the posterior's standard member)", choices=lambda: sorted(PRIORS))
+        None, "p(z), of matching support (default: the posterior's standard member); mog (a mixture of learned "
+        "Gaussians) or vamp (the VampPrior) with the normal posterior",
+        choices=lambda: sorted([*PRIORS, *LEARNED_PRIORS]))
     levels: int = opt.option(16, "K grey levels of the categorical likelihood (default 16)")
     arch: str = opt.option(DEFAULT_ARCH, "network: mlp (the paper's) or conv (strided convolutions with residual "
                            "blocks; needs image data)", choices=lambda: sorted(MODELS))
@@ -52,6 +56,16 @@ class ModelConfig:
         parse=opt.widths)
     conv_blocks: int = opt.option(1, "--arch conv: residual blocks at each resolution (default 1)",
                                   parse=opt.non_negative_int)
+    prior_components: int | None = opt.option(
+        None, "--prior mog|vamp: K mixture components or pseudo-inputs (default 10 for mog, 500 for vamp)",
+        parse=opt.positive_int)
+    flow: str | None = opt.option(None, "q(z|x) = the normal posterior followed by --flow-steps invertible maps: "
+                                  "planar or iaf (inverse autoregressive)", choices=FLOWS)
+    flow_steps: int | None = opt.option(None, "--flow: T maps (default 10 for planar, 4 for iaf)",
+                                        parse=opt.positive_int)
+    flow_hidden: int | None = opt.option(
+        None, f"--flow iaf: width of each step's hidden layers and of the context from the encoder (default "
+        f"{DEFAULT_HIDDEN})", parse=opt.positive_int)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -60,8 +74,16 @@ class ModelConfig:
             object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
         if self.posterior in POSTERIORS and self.prior is None:
             object.__setattr__(self, "prior", POSTERIORS[self.posterior].prior)
-        check_pair(self.posterior, self.prior)
-        for ok, message in self._checks():
+        if self.prior in LEARNED_PRIORS:
+            if self.prior_components is None:
+                object.__setattr__(self, "prior_components", DEFAULT_COMPONENTS[self.prior])
+        else:
+            check_pair(self.posterior, self.prior)
+        if self.flow in FLOWS and self.flow_steps is None:
+            object.__setattr__(self, "flow_steps", DEFAULT_STEPS[self.flow])
+        if self.flow == "iaf" and self.flow_hidden is None:
+            object.__setattr__(self, "flow_hidden", DEFAULT_HIDDEN)
+        for ok, message in self._checks() + self._latent_checks():
             if not ok:
                 raise ValueError(message)
 
@@ -90,6 +112,24 @@ class ModelConfig:
             (all(w > 0 for w in self.conv_widths) and len(self.conv_widths) > 0,
              f"conv widths must be positive, got {self.conv_widths}"),
             (self.conv_blocks >= 0, f"conv_blocks must be >= 0, got {self.conv_blocks}"),
+        ]
+
+    def _latent_checks(self) -> list[tuple[bool, str]]:
+        """The learned priors' and the flows' options."""
+        learned = self.prior in LEARNED_PRIORS
+        return [
+            (not learned or self.posterior == "normal",
+             f"--prior {self.prior} needs --posterior normal, not {self.posterior}"),
+            (learned or self.prior_components is None, "--prior-components needs --prior mog or vamp"),
+            (self.prior_components is None or self.prior_components >= 1,
+             f"prior_components must be >= 1, got {self.prior_components}"),
+            (self.flow is None or self.flow in FLOWS, f"unknown flow {self.flow!r}; choose from {', '.join(FLOWS)}"),
+            (self.flow is None or self.posterior == "normal",
+             f"--flow {self.flow} needs --posterior normal, not {self.posterior}"),
+            (self.flow is not None or self.flow_steps is None, "--flow-steps needs --flow planar or iaf"),
+            (self.flow == "iaf" or self.flow_hidden is None, "--flow-hidden needs --flow iaf"),
+            (self.flow_steps is None or self.flow_steps >= 1, f"flow_steps must be >= 1, got {self.flow_steps}"),
+            (self.flow_hidden is None or self.flow_hidden >= 1, f"flow_hidden must be >= 1, got {self.flow_hidden}"),
         ]
 
     @property

@@ -63,7 +63,7 @@ class ConvVAE(LatentModel):
             cin = w
         self.encoder = nn.Sequential(*stages)
         flat = widths[-1] * self.small[0] * self.small[1]
-        self.enc_head = nn.Linear(flat, self.family.n_out(c.latent_dim))
+        self.enc_head = nn.Linear(flat, self.raw_size())
         self.dec_in = nn.Linear(c.latent_dim, flat)
         stages = [ACTIVATIONS[c.activation](), *(ResidualBlock(widths[-1], c.activation) for _ in range(c.conv_blocks))]
         for i in reversed(range(depth)):

@@ -29,7 +29,7 @@ class VAE(LatentModel):
         self.encoder = mlp(c.x_dim, c.hidden, c.activation)
         enc_out = c.hidden[-1] if c.hidden else c.x_dim
         # one matmul for all of q's raw parameters, e.g. [mu, log sigma^2]
-        self.enc_head = nn.Linear(enc_out, self.family.n_out(c.latent_dim))
+        self.enc_head = nn.Linear(enc_out, self.raw_size())
         dec_hidden = tuple(reversed(c.hidden))
         self.decoder = mlp(c.latent_dim, dec_hidden, c.activation)
         dec_out = dec_hidden[-1] if dec_hidden else c.latent_dim
@@ -39,12 +39,13 @@ class VAE(LatentModel):
 
     @torch.no_grad()
     def _paper_init(self) -> None:
-        for p in self.parameters():
-            p.normal_(0.0, 0.01)
+        for name, p in self.named_parameters():
+            if not name.startswith(("flow.", "learned_prior.")):  # those keep their own initialization
+                p.normal_(0.0, 0.01)
         dz = self.config.latent_dim
         if self.config.posterior == "normal":
-            self.enc_head.weight[dz:].zero_()
-            self.enc_head.bias[dz:].zero_()
+            self.enc_head.weight[dz:2 * dz].zero_()
+            self.enc_head.bias[dz:2 * dz].zero_()
         self.dec_head.out.bias.zero_()
 
     def encoder_params(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,87 @@
+"""Learned priors p(z): a mixture of K Gaussians with learned parameters (`--prior mog`) and the VampPrior
+(`--prior vamp`, Tomczak & Welling 2018).
+
+Both are mixtures of K diagonal Gaussians, returned as torch's MixtureSameFamily of Independent Normals (event
+shape (Dz,), `log_prob` keeps leading sample dimensions, `sample` works); neither has a closed-form KL to q(z|x),
+so a model with one of them trains with estimator A's Monte Carlo KL.
+
+- mog: p(z) = sum_k pi_k N(z; m_k, diag exp(v_k)); the means m_k, log-variances v_k and mixture logits (pi =
+  softmax) are parameters. The means start spread as draws of N(0, I), the variances at 1, the weights equal.
+- vamp: p(z) = (1/K) sum_k q(z|u_k), the model's own encoder at K learned pseudo-inputs u_k, evaluated at each
+  call so that gradients reach the u_k and the encoder. With a flow posterior the components are q's base
+  Gaussians at u_k (a flow's density is known only at its own samples). Pseudo-inputs of data in [0, 1] (every
+  likelihood of grey levels, and gaussian-sigmoid) are sigmoid(a_k) with a_k ~ N(0, 1) at the start: distinct
+  mid-grey images in the data's range; for real-valued data u_k = a_k.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal, constraints
+
+from ..likelihoods import data_support
+
+LEARNED_PRIORS = ("mog", "vamp")
+DEFAULT_COMPONENTS = {"mog": 10, "vamp": 500}  # vamp: the paper's K for MNIST
+
+
+class GaussianMixture(MixtureSameFamily):
+    """torch's MixtureSameFamily of Independent Normals whose `support` is its components' (all of R^Dz), not
+    torch's MixtureSameFamilyConstraint wrapper, which `biject_to` (HMC, AIS, MAP restoration) and the grid's
+    check of a real support do not know."""
+
+    @property
+    def support(self):
+        return self.component_distribution.support
+
+
+def mixture(logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> Distribution:
+    """sum_k softmax(logits)_k N(loc_k, diag scale_k^2): logits (K,), loc and scale (K, Dz); event shape (Dz,)."""
+    components = Independent(Normal(loc, scale, validate_args=False), 1)
+    return GaussianMixture(Categorical(logits=logits, validate_args=False), components, validate_args=False)
+
+
+class MixturePrior(nn.Module):
+    """p(z) = sum_k pi_k N(z; m_k, diag exp(v_k)) with K learned components (`--prior mog`)."""
+
+    def __init__(self, latent_dim: int, components: int):
+        super().__init__()
+        self.loc = nn.Parameter(torch.randn(components, latent_dim))
+        self.log_var = nn.Parameter(torch.zeros(components, latent_dim))
+        self.logits = nn.Parameter(torch.zeros(components))
+
+    def forward(self, model=None) -> Distribution:
+        return mixture(self.logits, self.loc, torch.exp(0.5 * self.log_var))
+
+
+class VampPrior(nn.Module):
+    """p(z) = (1/K) sum_k q(z|u_k) over K learned pseudo-inputs u_k (`--prior vamp`); `forward(model)` runs the
+    model's encoder on them (through `model.base_posterior`), so the prior follows the encoder."""
+
+    def __init__(self, x_dim: int, components: int, unit_range: bool):
+        super().__init__()
+        self.unit_range = unit_range
+        self.pseudo_raw = nn.Parameter(torch.randn(components, x_dim))
+
+    def pseudo_inputs(self) -> torch.Tensor:
+        """The K pseudo-inputs u_k (K, D), in [0, 1] for data of that range."""
+        return torch.sigmoid(self.pseudo_raw) if self.unit_range else self.pseudo_raw
+
+    def forward(self, model) -> Distribution:
+        q = model.base_posterior(model.encoder_params(self.pseudo_inputs()))  # batch (K,), event (Dz,)
+        base = q.base_dist
+        return mixture(base.loc.new_zeros(base.loc.shape[0]), base.loc, base.scale)
+
+
+def unit_range(likelihood: str) -> bool:
+    """Whether data of this likelihood lie in [0, 1] (pseudo-inputs through a sigmoid)."""
+    return likelihood == "gaussian-sigmoid" or data_support(likelihood) is constraints.unit_interval
+
+
+def build_prior(config) -> nn.Module | None:
+    """The learned prior of a ModelConfig, or None for a fixed standard family."""
+    if config.prior == "mog":
+        return MixturePrior(config.latent_dim, config.prior_components)
+    if config.prior == "vamp":
+        return VampPrior(config.x_dim, config.prior_components, unit_range(config.likelihood))
+    return None

@@ -5,8 +5,9 @@ Each estimator is `(model, x, *, num_samples, gradient) -> dict` with a scalar `
 `gradient` picks the gradient estimator: "standard" (plain reparameterization), "stl" (sticking the landing,
 Roeder et al. 2017: the score term of log q is dropped by evaluating q's density with stopped parameters) or
 "dreg" (doubly reparameterized, Tucker et al. 2019, for iwae). All three have the same expected gradient.
-Each estimator is registered in `ESTIMATORS` with the facts the trainer needs: the gradients it allows and
-whether it needs an analytic KL. The paper's wake-sleep baseline (aevb.paper.wake_sleep) registers itself with
+Each estimator is registered in `ESTIMATORS` with the facts the trainer needs: the gradients it allows, whether
+it needs an analytic KL, and whether its bound has a KL term that training may weight (`kl_terms`: sgvb_a and
+sgvb_b take `kl_weight` and `free_bits`, see `kl_loss`; their `elbo` stays the true bound). The paper's wake-sleep baseline (aevb.paper.wake_sleep) registers itself with
 the same signature; it is not an ELBO estimator.
 """
 from __future__ import annotations
@@ -14,17 +15,18 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.distributions import kl_divergence
+from torch.distributions import Independent, kl_divergence
 
 GRADIENTS = ("standard", "stl", "dreg")
 ESTIMATORS: dict = {}
 
 
-def register(name: str, *, gradients: tuple[str, ...], analytic_kl: bool = False):
+def register(name: str, *, gradients: tuple[str, ...], analytic_kl: bool = False, kl_terms: bool = False):
     """Register an estimator `(model, x, *, num_samples, gradient) -> dict` under `name`, with the gradient
-    estimators it allows (`fn.gradients`) and whether it needs a closed-form KL (`fn.analytic_kl`)."""
+    estimators it allows (`fn.gradients`), whether it needs a closed-form KL (`fn.analytic_kl`) and whether it
+    also takes `kl_weight` and `free_bits` (`fn.kl_terms`)."""
     def decorate(fn):
-        fn.gradients, fn.analytic_kl = tuple(gradients), analytic_kl
+        fn.gradients, fn.analytic_kl, fn.kl_terms = tuple(gradients), analytic_kl, kl_terms
         ESTIMATORS[name] = fn
         return fn
     return decorate
@@ -57,9 +59,73 @@ def _sample(model, x, num_samples: int, gradient: str):
     return q, q.rsample((num_samples,)), model.posterior(raw.detach())
 
 
-@register("sgvb_a", gradients=("standard", "stl"))
-def sgvb_a(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "standard") -> dict:
+def _factors(dist):
+    """The one-dimensional factors of a distribution with event shape (Dz,): the base of an Independent over one
+    dimension, else None (a full covariance, a Dirichlet, a flow, a mixture: no per-dimension split)."""
+    if isinstance(dist, Independent) and dist.reinterpreted_batch_ndims == 1:
+        return dist.base_dist
+    return None
+
+
+def _split_pair(q, prior):
+    """(q's factors, the prior's factors), or a ValueError naming the pair when the KL does not split."""
+    qf, pf = _factors(q), _factors(prior)
+    if qf is None or pf is None:
+        raise ValueError(f"free bits need a KL that splits over the latent dimensions, and KL({_name(q)} || "
+                         f"{_name(prior)}) does not; train without --free-bits")
+    return qf, pf
+
+
+def kl_splits(model) -> bool | None:
+    """Whether the model's KL(q(z|x) || p(z)) is a sum over latent dimensions (q and p factorize), which free bits
+    need: the model's `kl_splits` where it states it, else decided from q built from zero encoder outputs
+    (`raw_size()` or `family.n_out`, then `posterior(raw)`) and the prior, without data; None where that cannot be
+    told (the estimator then refuses on the first minibatch)."""
+    stated = getattr(model, "kl_splits", None)
+    if stated is not None:
+        return bool(stated)
+    family, config = getattr(model, "family", None), getattr(model, "config", None)
+    if family is None or config is None or not hasattr(model, "posterior"):
+        return None
+    size = model.raw_size() if hasattr(model, "raw_size") else family.n_out(config.latent_dim)
+    try:
+        with torch.no_grad():
+            q = model.posterior(torch.zeros(1, size))
+            prior = model.prior()
+    except (AttributeError, TypeError, ValueError, RuntimeError, NotImplementedError):
+        return None
+    return _factors(q) is not None and _factors(prior) is not None
+
+
+def kl_loss(kl: torch.Tensor, kl_weight=1.0, free_bits: float = 0.0, kl_dims=None) -> torch.Tensor:
+    """The KL term of a training loss (scalar, with the graph): kl_weight * mean_b KL_b, or with free bits
+    (Kingma et al. 2016, one group per latent dimension) kl_weight * sum_j max(free_bits, mean_b KL_bj).
+
+    Args:
+        kl: (B,) KL per datapoint.
+        kl_weight: the weight of the KL (beta, or the warm-up's current value).
+        free_bits: lambda, nats per latent dimension; 0 is off.
+        kl_dims: (B, Dz) the KL per datapoint and dimension; needed with free bits.
+    """
+    if not free_bits:
+        return kl_weight * kl.mean()
+    return kl_weight * kl_dims.mean(0).clamp(min=free_bits).sum()
+
+
+def _loss(elbo, rec, kl, kl_weight, free_bits, kl_dims) -> torch.Tensor:
+    """-mean bound, or with a KL weight or free bits -(mean rec - kl_loss) (the bound itself is unchanged)."""
+    if kl_weight == 1 and not free_bits:
+        return -elbo.mean()
+    return kl_loss(kl, kl_weight, free_bits, kl_dims() if free_bits else None) - rec.mean()
+
+
+@register("sgvb_a", gradients=("standard", "stl"), kl_terms=True)
+def sgvb_a(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "standard", kl_weight=1.0,
+           free_bits: float = 0.0) -> dict:
     """Estimator A (eq. 6): (1/L) sum_l [log p(x, z_l) - log q(z_l|x)], z_l = g(eps_l, x).
+
+    `kl_weight` and `free_bits` change the training loss only (`kl_loss`, on the Monte Carlo KL; free bits need q
+    and p that factorize over the latent dimensions); the defaults give the bound.
 
     Returns:
         dict with `loss` (scalar), and (B,) detached `elbo`, `rec` = mean log p(x|z_l), `kl` = mean of
@@ -67,19 +133,29 @@ def sgvb_a(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "sta
     """
     check_args(num_samples, gradient, sgvb_a.gradients)
     _, z, q_density = _sample(model, x, num_samples, gradient)
+    prior = model.prior()
     rec = model.decode(z).log_prob(x)  # (L, B)
-    kl = q_density.log_prob(z) - model.prior().log_prob(z)  # (L, B)
+    kl = q_density.log_prob(z) - prior.log_prob(z)  # (L, B)
     elbo = (rec - kl).mean(0)
-    return {"loss": -elbo.mean(), "elbo": elbo.detach(), "rec": rec.mean(0).detach(), "kl": kl.mean(0).detach()}
+
+    def kl_dims():  # (B, Dz): the Monte Carlo KL of each dimension
+        qf, pf = _split_pair(q_density, prior)
+        return (qf.log_prob(z) - pf.log_prob(z)).mean(0)
+
+    loss = _loss(elbo, rec.mean(0), kl.mean(0), kl_weight, free_bits, kl_dims)
+    return {"loss": loss, "elbo": elbo.detach(), "rec": rec.mean(0).detach(), "kl": kl.mean(0).detach()}
 
 
-@register("sgvb_b", gradients=("standard", "stl"), analytic_kl=True)
-def sgvb_b(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "standard") -> dict:
+@register("sgvb_b", gradients=("standard", "stl"), analytic_kl=True, kl_terms=True)
+def sgvb_b(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "standard", kl_weight=1.0,
+           free_bits: float = 0.0) -> dict:
     """Estimator B (eq. 7): -KL(q(z|x) || p(z)) + (1/L) sum_l log p(x|z_l), with the KL in closed form.
 
     For the Gaussian VAE the KL is Appendix B's -1/2 sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2).
     With gradient="stl" the KL = cross-entropy - entropy keeps its analytic cross-entropy KL(q||p) + H(q) and
-    estimates the entropy by -log q(z_l) at stopped parameters (its path derivative only).
+    estimates the entropy by -log q(z_l) at stopped parameters (its path derivative only). `kl_weight` and
+    `free_bits` change the training loss only (`kl_loss`, on the KL per dimension for free bits); the defaults
+    give the bound.
 
     Raises:
         ValueError: the pair (q, prior) has no analytic KL (use sgvb_a).
@@ -92,7 +168,16 @@ def sgvb_b(model, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "sta
         kl = kl + q.entropy() + q_density.log_prob(z).mean(0)  # analytic cross-entropy, path-derivative entropy
     rec = model.decode(z).log_prob(x).mean(0)  # (B,)
     elbo = rec - kl
-    return {"loss": -elbo.mean(), "elbo": elbo.detach(), "rec": rec.detach(), "kl": kl.detach()}
+
+    def kl_dims():  # (B, Dz): the same KL, dimension by dimension
+        qf, pf = _split_pair(q, prior)
+        dims = kl_divergence(qf, pf)
+        if gradient == "stl":
+            dims = dims + qf.entropy() + _factors(q_density).log_prob(z).mean(0)
+        return dims
+
+    loss = _loss(elbo, rec, kl, kl_weight, free_bits, kl_dims)
+    return {"loss": loss, "elbo": elbo.detach(), "rec": rec.detach(), "kl": kl.detach()}
 
 
 @register("iwae", gradients=("standard", "dreg"))

@@ -11,7 +11,7 @@ from .. import runs
 from ..data import binarize_static
 from ..estimators import evaluate
 from .options import EVAL_BINARIZATION_SEEDS
-from .schedule import lr_factor
+from .schedule import kl_weight, lr_factor
 
 
 @contextlib.contextmanager
@@ -40,7 +40,11 @@ def eval_rng(trainer):
 
 
 def log_eval(trainer) -> dict:
-    """Evaluate the train and test ELBO now, append the record to the history (and metrics.jsonl), return it."""
+    """Evaluate the train and test ELBO now, append the record to the history (and metrics.jsonl), return it.
+
+    The ELBOs are the true (beta = 1) bound whatever the training loss weighs; `kl_weight` records the KL weight
+    of the training loss at this datapoint count.
+    """
     c = trainer.cfg
     with averaged(trainer), eval_rng(trainer):
         kw = dict(estimator=trainer.eval_estimator, num_samples=c.eval_num_samples)
@@ -51,6 +55,7 @@ def log_eval(trainer) -> dict:
         "train_elbo": tr["elbo"], "test_elbo": te["elbo"], "train_rec": tr["rec"], "train_kl": tr["kl"],
         "test_rec": te["rec"], "test_kl": te["kl"], "train_bpd": -tr["elbo"] * bits, "test_bpd": -te["elbo"] * bits,
         "lr": trainer.lr * lr_factor(c, max(0, trainer.step - 1), trainer.total_steps),
+        "kl_weight": kl_weight(c.beta, c.kl_warmup, trainer.samples_seen),  # of the training loss, not the ELBO
         "seconds": round(trainer.seconds, 3),
     }
     if trainer.ema is not None:

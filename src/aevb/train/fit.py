@@ -102,8 +102,13 @@ def fit(model, train_x, test_x, cfg: TrainConfig, run_dir=None, *, progress: boo
     if run_dir is not None:
         _prepare(run_dir, model, train, test, cfg, record, test_indices, resume)
     try:
-        trainer = Trainer(model, train, test, cfg, Path(run_dir) if run_dir is not None else None,
-                          progress=progress, checkpoint_every=checkpoint_every, max_nonfinite=max_nonfinite)
+        try:
+            trainer = Trainer(model, train, test, cfg, Path(run_dir) if run_dir is not None else None,
+                              progress=progress, checkpoint_every=checkpoint_every, max_nonfinite=max_nonfinite)
+        except ValueError:  # refused before a step (e.g. free bits for this model): no folder of a run never begun
+            if run_dir is not None and not resume and distributed.current().main:
+                runs.remove_unstarted(run_dir)
+            raise
         if resume:
             restored = trainer.restore()
             if trainer.world.main:

@@ -5,6 +5,7 @@ the preset merge, `--resume`'s list of run-defining flags and config.json derive
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -23,6 +24,33 @@ EVAL_BINARIZATION_SEEDS = {"train": 12345, "test": 54321}
 
 def _estimators() -> list[str]:
     return ["auto", *sorted(ESTIMATORS)]
+
+
+def _number(text: str, low: float, strict: bool, what: str) -> float:
+    """A finite number above `low` (strictly with `strict`); a one-line ArgumentTypeError otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if math.isinf(value) or not (value > low if strict else value >= low):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    return _number(text, 0.0, True, "a positive finite number")
+
+
+def nats(text: str) -> float:
+    return _number(text, 0.0, False, "a finite number of nats >= 0")
+
+
+def datapoints(text: str) -> int:
+    """A datapoint count >= 0 such as 0, 5e5 or 250000."""
+    value = _number(text, 0.0, False, "a whole count of datapoints >= 0 such as 5e5")
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"expected a whole count of datapoints >= 0 such as 5e5, got {text!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -87,6 +115,15 @@ class TrainConfig:
         None, "training length in passes over the training set", parse=float, group="length",
         apply=lambda v: {"samples": None, "epochs": v})
     binarize: str = opt.option("none", "none (grey levels), dynamic or static binarization", choices=BINARIZE)
+    beta: float = opt.option(
+        1.0, "weight of the KL term in the training loss (beta-VAE; default 1, the ELBO); the logged ELBOs stay the "
+        "beta = 1 bound", parse=positive_number)
+    kl_warmup: int = opt.option(
+        0, "datapoints over which the KL weight rises linearly from 0 to --beta, e.g. 5e5 (default 0: off)",
+        parse=datapoints)
+    free_bits: float = opt.option(
+        0.0, "free bits: nats per latent dimension below which a dimension's KL (averaged over the minibatch) is "
+        "not penalized (default 0: off; needs q and p that factorize over the dimensions)", parse=nats)
     eval_num_samples: int = opt.option(1, "L of the logged train and test ELBO", flag=False)
     eval_train_size: int = opt.option(
         10_000, "the logged train ELBO is computed on the first N training datapoints (default 10000; 0: all of "
@@ -105,6 +142,8 @@ class TrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "lr_candidates", tuple(float(v) for v in self.lr_candidates))
+        if isinstance(self.kl_warmup, float) and self.kl_warmup.is_integer():  # 5e5 from Python
+            object.__setattr__(self, "kl_warmup", int(self.kl_warmup))
         for ok, message in self._checks():
             if not ok:
                 raise ValueError(message)
@@ -135,8 +174,22 @@ class TrainConfig:
             (self.weight_decay == "prior" or float(self.weight_decay) >= 0, "weight_decay must be 'prior' or >= 0"),
             (0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}"),
             (self.shards is None or self.shards >= 1, f"shards must be >= 1, got {self.shards}"),
+            *self._kl_checks(),
             (self.shards is None or self.batch_size % self.shards == 0,
              f"the batch size {self.batch_size} must be a multiple of the number of shards {self.shards}"),
+        ]
+
+    def _kl_checks(self) -> list[tuple[bool, str]]:
+        weighted = self.beta != 1 or self.kl_warmup != 0 or self.free_bits != 0
+        fn = ESTIMATORS.get(self.estimator)
+        return [
+            (0 < self.beta < math.inf, f"beta must be a positive finite number, got {self.beta}"),
+            (isinstance(self.kl_warmup, int) and self.kl_warmup >= 0,
+             f"kl_warmup must be a whole number of datapoints >= 0, got {self.kl_warmup}"),
+            (0 <= self.free_bits < math.inf, f"free_bits must be a finite number of nats >= 0, got {self.free_bits}"),
+            (not weighted or fn is None or getattr(fn, "kl_terms", False),
+             f"beta, kl_warmup and free_bits weight the KL term of sgvb_a and sgvb_b; estimator {self.estimator} "
+             "has no KL term to weight (use sgvb_a, sgvb_b or auto)"),
         ]
 
     def total_samples(self, n_train: int) -> int:
@@ -148,5 +201,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         opt.check_fields(cls, d, "training")
-        # runs from before these options existed: one shard, the train ELBO logged on the whole training set
+        # runs from before these options existed: one shard, the train ELBO logged on the whole training set (and
+        # beta 1, no KL warm-up, no free bits: the dataclass defaults)
         return cls(**{"shards": 1, "eval_train_size": 0, **d})

@@ -1,4 +1,5 @@
-"""When to evaluate and how fast to step: log-spaced evaluation points and the learning-rate schedule."""
+"""When to evaluate, how fast to step and how much the KL weighs: log-spaced evaluation points, the learning-rate
+schedule and the KL weight's warm-up."""
 from __future__ import annotations
 
 import math
@@ -33,3 +34,14 @@ def lr_factor(cfg, step: int, total_steps: int) -> float:
         return 1.0
     t = min(1.0, (step - warm) / max(1, total_steps - warm))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def kl_weight(beta: float, warmup: int, samples_seen: int) -> float:
+    """The KL term's weight in the training loss after `samples_seen` datapoints: beta * min(1, samples_seen /
+    warmup), rising linearly from 0 over the first `warmup` datapoints; beta throughout without warm-up (0).
+
+    It depends on the datapoint count only, so a resumed run continues the warm-up where it stopped.
+    """
+    if warmup <= 0 or samples_seen >= warmup:
+        return float(beta)
+    return beta * (samples_seen / warmup)

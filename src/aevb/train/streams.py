@@ -10,6 +10,9 @@ import hashlib
 import torch
 from torch import nn
 
+from ..estimators import kl_splits
+from .schedule import kl_weight
+
 
 class Batches:
     """Minibatch indices from a resident data set: shuffled epochs, or draws with replacement (paper's code)."""
@@ -104,20 +107,39 @@ class Streams:
 class Objective(nn.Module):
     """The training loss of one process's shards, as a module so that DistributedDataParallel can wrap it.
 
-    forward(xs) runs the estimator on each shard with that shard's random stream and returns the mean loss over
-    the shards and the summed per-datapoint ELBO (detached).
+    forward(xs, samples_seen) runs the estimator on each shard with that shard's random stream and returns the mean
+    loss over the shards and the summed per-datapoint ELBO (detached). With `beta`, `kl_warmup` or `free_bits` the
+    estimator also gets the KL weight at `samples_seen` (`schedule.kl_weight`) and the free bits, which change its
+    loss and not its ELBO; free bits are taken per shard (the minibatch with one shard).
+
+    Raises:
+        ValueError: free bits for a model whose KL does not split over the latent dimensions.
     """
 
-    def __init__(self, model, estimator, streams: Streams, num_samples: int, gradient: str):
+    def __init__(self, model, estimator, streams: Streams, num_samples: int, gradient: str, *, beta: float = 1.0,
+                 kl_warmup: int = 0, free_bits: float = 0.0):
         super().__init__()
+        if free_bits and kl_splits(model) is False:
+            c = getattr(model, "config", None)
+            flow = f" with a {c.flow} flow" if getattr(c, "flow", None) else ""
+            pair = f"q = {c.posterior}{flow}, p = {c.prior}" if c is not None else "this model's q and p"
+            raise ValueError(f"free bits need a KL that splits over the latent dimensions, and {pair} does not "
+                             "factorize; train without --free-bits")
         self.model, self.streams = model, streams
         self.estimator, self.num_samples, self.gradient = estimator, num_samples, gradient
+        self.beta, self.kl_warmup, self.free_bits = beta, kl_warmup, free_bits
 
-    def forward(self, xs: list[torch.Tensor]):
+    def kl_options(self, samples_seen: int) -> dict:
+        """The estimator's `kl_weight` and `free_bits` after `samples_seen` datapoints; {} for the plain bound."""
+        w = kl_weight(self.beta, self.kl_warmup, samples_seen)
+        return {**({"kl_weight": w} if w != 1 else {}), **({"free_bits": self.free_bits} if self.free_bits else {})}
+
+    def forward(self, xs: list[torch.Tensor], samples_seen: int = 0):
         losses, elbo = [], None
+        kl = self.kl_options(samples_seen)
         for i, x in enumerate(xs):
             self.streams.use(i)
-            out = self.estimator(self.model, x, num_samples=self.num_samples, gradient=self.gradient)
+            out = self.estimator(self.model, x, num_samples=self.num_samples, gradient=self.gradient, **kl)
             losses.append(out["loss"])
             elbo = out["elbo"].sum() if elbo is None else elbo + out["elbo"].sum()
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()

@@ -85,7 +85,8 @@ class Trainer:
         self.batches = Batches(self.n_train, cfg.batch_size, cfg.replacement, cfg.seed + 1)
         self.local_shards = list(range(self.world.rank, self.shards, self.world.size))
         self.streams = Streams(self.local_shards, cfg.seed, device)
-        self.objective = Objective(model, estimator, self.streams, cfg.num_samples, cfg.gradient)
+        self.objective = Objective(model, estimator, self.streams, cfg.num_samples, cfg.gradient, beta=cfg.beta,
+                                   kl_warmup=cfg.kl_warmup, free_bits=cfg.free_bits)
         self.forward = self.objective
         if self.world.size > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -141,7 +142,7 @@ class Trainer:
                 group["lr"] = lr
             xs = self._minibatch()
             opt.zero_grad(set_to_none=True)
-            loss, elbo = self.forward(xs)
+            loss, elbo = self.forward(xs, self.samples_seen)  # the KL weight's warm-up counts datapoints
             loss.backward()
             norm = self._grad_norm()
             bad = not bool(torch.isfinite(norm) & torch.isfinite(loss))

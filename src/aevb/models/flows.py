@@ -29,14 +29,21 @@ FOREIGN = ("a flow posterior knows log q(z|x) only at the samples it drew itself
            "--gradient stl/dreg, wake-sleep and the mutual information need it elsewhere: use --gradient standard")
 
 
+def planar_u_hat(u: torch.Tensor, w: torch.Tensor):
+    """u^ = u + (m(w.u) - w.u) w / |w|^2 and softplus(w.u) = 1 + w.u^ (> 0: the map is invertible)."""
+    wu = (w * u).sum(-1, keepdim=True)
+    sp = F.softplus(wu)
+    return u + (sp - 1 - wu) * w / w.square().sum(-1, keepdim=True).clamp_min(1e-12), sp
+
+
 def planar_step(z: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
     """One planar map with the invertibility reparameterization: z (..., Dz), u and w (..., Dz), b (..., 1), all
-    broadcast. Returns f(z) and log |det df/dz| (...)."""
-    wu = (w * u).sum(-1, keepdim=True)
-    u_hat = u + (F.softplus(wu) - 1 - wu) * w / w.square().sum(-1, keepdim=True).clamp_min(1e-12)
-    a = (w * z).sum(-1, keepdim=True) + b
-    t = torch.tanh(a)
-    log_det = torch.log1p((1 - t.square()) * (w * u_hat).sum(-1, keepdim=True)).squeeze(-1)
+    broadcast. Returns f(z) and log |det df/dz| (...), where det = 1 + tanh'(a) w.u^ is computed as
+    t^2 + (1 - t^2) softplus(w.u) (t = tanh(a)), a sum of two non-negative terms, without cancellation."""
+    u_hat, sp = planar_u_hat(u, w)
+    t = torch.tanh((w * z).sum(-1, keepdim=True) + b)
+    t2 = t.square()
+    log_det = torch.log(t2 + (1 - t2) * sp).squeeze(-1)
     return z + u_hat * t, log_det
 
 

@@ -408,3 +408,18 @@ def test_restore_refuses_the_logistic_mixture_in_one_line(tmp_path, capsys):
                               likelihood="discretized-logistic", mixtures=2))
     with pytest.raises(ValueError, match="couples each pixel's channels"):
         _pixel_log_prob(model, torch.zeros(1, 2), torch.zeros(1, 48))
+
+
+def test_sample_pictures_draw_from_the_models_own_prior():
+    from aevb import ModelConfig
+    from aevb.inspect.plots import as_images, decode_mean, image_grid, sample_grid
+    from aevb.models import build
+
+    torch.manual_seed(0)
+    model = build(ModelConfig(x_dim=16, image_shape=(4, 4), latent_dim=2, hidden=(8,), prior="mog",
+                              prior_components=3))
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        z = model.prior().sample((9,))
+    expected = image_grid(as_images(decode_mean(model, z), (4, 4)))
+    np.testing.assert_array_equal(sample_grid(model, (4, 4), n=9, seed=7), expected)

@@ -18,6 +18,8 @@ from .priors import DEFAULT_COMPONENTS, LEARNED_PRIORS
 from .registry import DEFAULT_ARCH, MODELS
 
 INITS = ("paper", "torch")
+INFERENCE = ("bottom-up", "top-down")  # --stochastic-layers L > 1: the two inference models (hierarchical.py)
+DEFAULT_UPPER_HIDDEN = (100, 100)  # the IWAE paper's widths between its two stochastic layers
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,8 @@ class ModelConfig:
     there."""
 
     x_dim: int
-    latent_dim: int = opt.option(20, "Nz, the dimension of z (default 20)")
+    latent_dim: int = opt.option(
+        20, "Nz, the dimension of z (default 20); with --stochastic-layers L > 1 each layer's, unless --latent-dims")
     hidden: tuple[int, ...] = opt.option(
         (500,), "comma-separated hidden widths of the encoder (decoder mirrors)", parse=opt.widths)
     activation: str = opt.option("tanh", "the hidden layers' nonlinearity", choices=lambda: sorted(ACTIVATIONS))
@@ -66,6 +69,18 @@ class ModelConfig:
     flow_hidden: int | None = opt.option(
         None, f"--flow iaf: width of each step's hidden layers and of the context from the encoder (default "
         f"{DEFAULT_HIDDEN})", parse=opt.positive_int)
+    stochastic_layers: int = opt.option(
+        1, "L stochastic layers z_1..z_L (default 1: the plain VAE); L > 1: a hierarchical VAE (--arch mlp, normal "
+        "posterior and prior) whose z is the concatenation [z_1, ..., z_L]", parse=opt.positive_int)
+    latent_dims: tuple[int, ...] | None = opt.option(
+        None, "--stochastic-layers L > 1: the sizes of z_1..z_L, comma-separated, z_1 (nearest x) first (default: "
+        "--latent-dim each); latent_dim becomes their sum", parse=opt.widths)
+    upper_hidden: tuple[int, ...] | None = opt.option(
+        None, "--stochastic-layers L > 1: comma-separated hidden widths of every network between two stochastic "
+        "layers (default 100,100); --hidden is the networks' between x and z_1", parse=opt.widths)
+    inference: str | None = opt.option(
+        None, "--stochastic-layers L > 1: q(z|x) bottom-up (q(z_1|x) q(z_2|z_1) ..., the IWAE paper's; default) "
+        "or top-down (ladder: q(z_L|x) q(z_L-1|z_L, x) ..., precision-weighted)", choices=INFERENCE)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -83,7 +98,8 @@ class ModelConfig:
             object.__setattr__(self, "flow_steps", DEFAULT_STEPS[self.flow])
         if self.flow == "iaf" and self.flow_hidden is None:
             object.__setattr__(self, "flow_hidden", DEFAULT_HIDDEN)
-        for ok, message in self._checks() + self._latent_checks():
+        self._layers()
+        for ok, message in self._checks() + self._latent_checks() + self._layer_checks():
             if not ok:
                 raise ValueError(message)
 
@@ -130,6 +146,47 @@ class ModelConfig:
             (self.flow == "iaf" or self.flow_hidden is None, "--flow-hidden needs --flow iaf"),
             (self.flow_steps is None or self.flow_steps >= 1, f"flow_steps must be >= 1, got {self.flow_steps}"),
             (self.flow_hidden is None or self.flow_hidden >= 1, f"flow_hidden must be >= 1, got {self.flow_hidden}"),
+        ]
+
+    def _layers(self) -> None:
+        """L > 1: fill the per-layer sizes (latent_dim each), the widths and the inference model; latent_dim becomes
+        the dimension of the concatenated z, so that a config read back from config.json is the same config."""
+        if self.latent_dims is not None:
+            object.__setattr__(self, "latent_dims", tuple(int(d) for d in self.latent_dims))
+        if self.upper_hidden is not None:
+            object.__setattr__(self, "upper_hidden", tuple(int(h) for h in self.upper_hidden))
+        if self.stochastic_layers <= 1:
+            return
+        if self.latent_dims is None:
+            object.__setattr__(self, "latent_dims", (self.latent_dim,) * self.stochastic_layers)
+        if self.upper_hidden is None:
+            object.__setattr__(self, "upper_hidden", DEFAULT_UPPER_HIDDEN)
+        if self.inference is None:
+            object.__setattr__(self, "inference", INFERENCE[0])
+        object.__setattr__(self, "latent_dim", sum(self.latent_dims))
+
+    def _layer_checks(self) -> list[tuple[bool, str]]:
+        """The hierarchical VAE's options (--stochastic-layers L > 1)."""
+        L, single = self.stochastic_layers, self.stochastic_layers == 1
+        what = f"--stochastic-layers {L}"
+        return [
+            (L >= 1, f"stochastic_layers must be >= 1, got {L}"),
+            (not single or self.latent_dims is None, "--latent-dims needs --stochastic-layers 2 or more"),
+            (not single or self.upper_hidden is None, "--upper-hidden needs --stochastic-layers 2 or more"),
+            (not single or self.inference is None, "--inference needs --stochastic-layers 2 or more"),
+            (self.latent_dims is None or len(self.latent_dims) == L,
+             f"--latent-dims gives {len(self.latent_dims or ())} sizes for {what}"),
+            (self.latent_dims is None or min(self.latent_dims) > 0, f"latent dims must be positive, got "
+             f"{self.latent_dims}"),
+            (self.upper_hidden is None or all(h > 0 for h in self.upper_hidden),
+             f"upper hidden widths must be positive, got {self.upper_hidden}"),
+            (self.inference is None or self.inference in INFERENCE,
+             f"unknown inference {self.inference!r}; choose from {', '.join(INFERENCE)}"),
+            (single or self.arch == "mlp", f"{what} is built on --arch mlp only, not {self.arch}"),
+            (single or (self.posterior, self.prior) == ("normal", "normal"),
+             f"{what} needs the normal posterior and prior (p(z_l|z_l+1) Gaussian), not --posterior "
+             f"{self.posterior} --prior {self.prior}"),
+            (single or self.flow is None, f"{what} does not take a flow posterior (--flow {self.flow})"),
         ]
 
     @property

@@ -3,11 +3,14 @@
 A run's config.json stores the model section as the config's fields; its `arch` key names the architecture, and a
 section without one is the paper's MLP VAE ("mlp"), as every run folder written before the registry existed.
 The built-in architectures ("mlp", "conv") share one config class, `ModelConfig`, whose `arch` field picks the
-model; an architecture with a config class of its own is found by that class.
+model; an architecture with a config class of its own is found by that class. A config with
+`stochastic_layers` > 1 builds the hierarchical model registered for its architecture (`register_hierarchical`,
+hierarchical.py), not an architecture of its own: `--arch` stays the network family.
 """
 from __future__ import annotations
 
 MODELS: dict[str, type] = {}
+HIERARCHICAL: dict[str, type] = {}  # architecture -> its model with several stochastic layers
 DEFAULT_ARCH = "mlp"
 
 
@@ -16,6 +19,15 @@ def register(name: str):
     def decorate(cls):
         MODELS[name] = cls
         cls.arch = name
+        return cls
+    return decorate
+
+
+def register_hierarchical(arch: str):
+    """Class decorator: the model that a config of architecture `arch` with stochastic_layers > 1 builds."""
+    def decorate(cls):
+        HIERARCHICAL[arch] = cls
+        cls.arch = arch
         return cls
     return decorate
 
@@ -42,6 +54,10 @@ def build(config):
     """The model of a config made by `config_of` (or any registered model's config): the architecture its `arch`
     names, else the registered model whose config class it is."""
     arch = getattr(config, "arch", None)
+    if getattr(config, "stochastic_layers", 1) > 1:
+        if arch not in HIERARCHICAL:
+            raise ValueError(f"no hierarchical model for --arch {arch}")
+        return HIERARCHICAL[arch](config)
     if arch in MODELS and isinstance(config, MODELS[arch].config_class):
         return MODELS[arch](config)
     for cls in MODELS.values():

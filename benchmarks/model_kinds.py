@@ -1,4 +1,5 @@
-"""Training speed of each model kind against the plain VAE: +mog, +vamp (learned priors), +planar, +iaf (flows).
+"""Training speed of each model kind against the plain VAE: +mog, +vamp (learned priors), +planar, +iaf (flows),
+and two-layer hierarchical VAEs (h2-bu: bottom-up inference, h2-td: top-down; 784-[500]-20-[100,100]-20).
 
 Every kind is the MLP VAE on MNIST shapes (784 grey levels, Bernoulli likelihood, --hidden 500, Nz = 20) trained by
 aevb's Trainer with Adam at a constant step size, batch 100, one z per datapoint, estimator `auto` (sgvb_b for the
@@ -27,6 +28,9 @@ KINDS = {
     "+vamp": {"prior": "vamp"},  # K = 500 pseudo-inputs through the encoder at every step
     "+planar": {"flow": "planar"},  # T = 10, amortized
     "+iaf": {"flow": "iaf"},  # T = 4, hidden 128
+    # two stochastic layers of 20 (z = 40 numbers), 100,100 between them
+    "h2-bu": {"stochastic_layers": 2, "latent_dims": (20, 20), "inference": "bottom-up"},
+    "h2-td": {"stochastic_layers": 2, "latent_dims": (20, 20), "inference": "top-down"},
 }
 
 

@@ -423,3 +423,17 @@ def test_sample_pictures_draw_from_the_models_own_prior():
         z = model.prior().sample((9,))
     expected = image_grid(as_images(decode_mean(model, z), (4, 4)))
     np.testing.assert_array_equal(sample_grid(model, (4, 4), n=9, seed=7), expected)
+
+
+def test_sample_pictures_of_a_hierarchy_draw_ancestrally():
+    from aevb import ModelConfig
+    from aevb.inspect.plots import as_images, decode_mean, image_grid, sample_grid
+    from aevb.models import build
+
+    torch.manual_seed(0)
+    model = build(ModelConfig(x_dim=16, image_shape=(4, 4), latent_dim=2, hidden=(8,), stochastic_layers=2))
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        z = model.prior().sample((9,))
+    expected = image_grid(as_images(decode_mean(model, z), (4, 4)))
+    np.testing.assert_array_equal(sample_grid(model, (4, 4), n=9, seed=3), expected)

@@ -128,7 +128,8 @@ def decode_mean(model, z: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def sample_grid(model, image_shape, n: int = 100, seed: int = 0) -> np.ndarray:
     """Decoder means of n draws z ~ p(z) (Figure 5), tiled into one array; `image_shape` [H, W] or [C, H, W]."""
-    if getattr(model.config, "prior", "normal") == "normal":  # N(0, I): the draws of earlier versions, unchanged
+    c = model.config
+    if getattr(c, "prior", "normal") == "normal" and getattr(c, "stochastic_layers", 1) == 1:  # N(0, I), as before
         z = torch.randn(n, model.config.latent_dim, generator=torch.Generator().manual_seed(seed))
     else:  # any other family, or a learned prior (mog, vamp): draws from the model's own p(z)
         with torch.random.fork_rng(devices=[]), torch.no_grad():

@@ -246,7 +246,7 @@ def resolve_estimator(name: str, model) -> str:
         return "sgvb_b" if known else "sgvb_a"
     if ESTIMATORS[name].analytic_kl and known is False:
         c = getattr(model, "config", None)
-        pair = f"the {c.posterior} posterior with the {c.prior} prior" if c is not None else "this model's pair"
+        pair = c.latent_pair() if hasattr(c, "latent_pair") else "this model's pair"
         raise ValueError(f"estimator {name} needs an analytic KL, and there is none for {pair}; use --estimator "
                          "sgvb_a (or auto)")
     return name

@@ -189,6 +189,13 @@ class ModelConfig:
             (single or self.flow is None, f"{what} does not take a flow posterior (--flow {self.flow})"),
         ]
 
+    def latent_pair(self) -> str:
+        """q(z|x) and p(z) in words, for messages: "q = normal + iaf flow, p = vamp", or the hierarchy."""
+        if self.stochastic_layers > 1:
+            return f"a {self.stochastic_layers}-layer hierarchy, whose q and p chain the layers,"
+        flow = f" + {self.flow} flow" if self.flow else ""
+        return f"q = {self.posterior}{flow}, p = {self.prior}"
+
     @property
     def chw(self) -> tuple[int, int, int] | None:
         """image_shape as (C, H, W) (one channel for an (H, W) shape), or None when it is not known."""

@@ -121,8 +121,7 @@ class Objective(nn.Module):
         super().__init__()
         if free_bits and kl_splits(model) is False:
             c = getattr(model, "config", None)
-            flow = f" + {c.flow} flow" if getattr(c, "flow", None) else ""
-            pair = f"q = {c.posterior}{flow}, p = {c.prior}" if c is not None else "this model's q and p"
+            pair = c.latent_pair() if hasattr(c, "latent_pair") else "this model's q and p"
             raise ValueError(f"free bits need a KL that splits over the latent dimensions, and {pair} does not "
                              "factorize; train without --free-bits")
         self.model, self.streams = model, streams

@@ -1,5 +1,5 @@
-"""The `aevb` command: train, eval, sample, plot, report, restore and reproduce. It parses flags, builds configs,
-calls the library and prints; nothing in the library imports it.
+"""The `aevb` command: train, sweep, eval, sample, plot, report, restore and reproduce. It parses flags, builds
+configs, calls the library and prints; nothing in the library imports it.
 
 `parser.py` builds the parser (train's run-defining flags from the option declarations); one module per group of
 subcommands holds their `cmd_*` functions.
@@ -17,10 +17,11 @@ from .evaluate import cmd_eval, cmd_sample
 from .inspecting import cmd_plot, cmd_report, cmd_restore
 from .paper import cmd_reproduce
 from .parser import build_parser
+from .sweep import cmd_sweep
 from .train import cmd_train
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "plot": cmd_plot, "report": cmd_report,
-            "restore": cmd_restore, "reproduce": cmd_reproduce}
+            "restore": cmd_restore, "reproduce": cmd_reproduce, "sweep": cmd_sweep}
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "main"]
 

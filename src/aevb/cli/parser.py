@@ -62,17 +62,43 @@ def given_options(args) -> dict[str, dict]:
     return given
 
 
-def _train_parser(sub) -> None:
-    t = sub.add_parser("train", help="train a VAE with AEVB (Algorithm 1) and write a run folder",
-                       description="Train a VAE. Flags override the preset (or aevb's defaults when no preset).")
-    t.add_argument("--preset", choices=sorted(PRESETS),
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """--preset, every declared option of a run and --data-dir: the flags `aevb train` and `aevb sweep` share."""
+    p.add_argument("--preset", choices=sorted(PRESETS),
                    help="named settings: the paper's Figure 2 panels (paper-mnist-20, ...) "
                    "or iwae-mnist (Burda et al.'s architecture)")
     for section, cls in SECTIONS:
-        add_options(t, cls)
+        add_options(p, cls)
         if section == "data":
-            t.add_argument("--data-dir", help="folder holding the data files (else $AEVB_DATA, the cache, or a "
+            p.add_argument("--data-dir", help="folder holding the data files (else $AEVB_DATA, the cache, or a "
                            "download)")
+
+
+def train_parser(sub) -> None:
+    """Add `aevb train` to the subparsers `sub` (`aevb sweep` builds one to check and run its grid points)."""
+    _train_parser(sub)
+
+
+def _sweep_parser(sub) -> None:
+    s = sub.add_parser("sweep", help="train a grid of runs (one aevb train run folder per point), several at once, "
+                       "with a summary table", description="Train one run per point of the Cartesian product of the "
+                       "--grid values, each into OUT/<flag-value_...>/ exactly as aevb train --out writes it, JOBS at "
+                       "a time with one thread each; then write OUT/summary.csv. The other flags are aevb train's and "
+                       "apply to every run. Re-running the same sweep skips finished runs and resumes interrupted "
+                       "ones.")
+    s.add_argument("--grid", action="append", nargs="+", required=True, metavar="FLAG VALUE",
+                   help="a train flag without its dashes and the values to try, e.g. --grid latent-dim 2 5 10 "
+                   "(repeatable: the grid is the product; a switch takes true/false)")
+    s.add_argument("--out", required=True, help="folder for the run folders, summary.csv and logs/")
+    s.add_argument("--jobs", type=int, help="runs trained at once, one thread each (default: the usable cores)")
+    s.add_argument("--no-progress", action="store_true", help="no progress line (failures are still reported)")
+    add_run_options(s)
+
+
+def _train_parser(sub) -> None:
+    t = sub.add_parser("train", help="train a VAE with AEVB (Algorithm 1) and write a run folder",
+                       description="Train a VAE. Flags override the preset (or aevb's defaults when no preset).")
+    add_run_options(t)
     t.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores; use 1 per job when "
                    "several jobs share the cores)")
@@ -235,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="aevb", description="Auto-Encoding Variational Bayes (Kingma & Welling, 2013).")
     p.add_argument("--version", action="version", version=f"aevb {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_train_parser, _eval_parser, _sample_parser, _reproduce_parser, _plot_parser, _report_parser,
+    for add in (_train_parser, _sweep_parser, _eval_parser, _sample_parser, _reproduce_parser, _plot_parser, _report_parser,
                 _restore_parser):
         add(sub)
     return p

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from .. import runs
+from ..models import ModelConfig
 from ..train import TrainConfig
 from .common import Parser, UsageError, check_positive
 from .parser import given_options, run_flags, train_parser
@@ -179,8 +180,19 @@ def _check_point(parser, argv, name) -> None:
             raise UsageError(f"--data-dir {ns.data_dir}: no such folder")
         settings = _settings(ns, SimpleNamespace(size=1))
         _data_settings(settings, given_options(ns), ns)
+        _check_model(settings["model"])
     except (UsageError, ValueError, TypeError) as e:
         raise UsageError(f"grid point {name}: {' '.join(str(e).split())}") from None
+
+
+def _check_model(model: dict) -> None:
+    """The model options' own checks, on a stand-in 28x28 image (the data's shape is known only once it is read,
+    in the run; a check that depends on it is left to the run)."""
+    try:
+        ModelConfig(x_dim=784, image_shape=(28, 28), **model)
+    except ValueError as e:
+        if not any(word in str(e) for word in ("image_shape", "x_dim", "image shape")):
+            raise
 
 
 # -- running --------------------------------------------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""`aevb sweep`: one run folder per grid point with the point's settings, a summary that matches the runs, failures
+that do not stop the others, re-runs that skip finished runs and resume started ones, and bad grids refused before
+anything is created."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from aevb import runs
+from aevb.cli import main
+
+TINY = ["--dataset", "digits", "--samples", "1000", "--hidden", "16", "--no-progress"]
+
+
+def _summary(out):
+    with open(out / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "grid"
+    rc = main(["sweep", "--out", str(out), "--jobs", "2", "--grid", "latent-dim", "2", "3", "--grid", "beta", "1",
+               "0.5", *TINY])
+    return out, rc
+
+
+def test_one_run_folder_per_point_with_its_settings(swept):
+    out, rc = swept
+    assert rc == 0
+    names = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "logs")
+    assert names == ["latent-dim-2_beta-0.5", "latent-dim-2_beta-1", "latent-dim-3_beta-0.5", "latent-dim-3_beta-1"]
+    for nz in (2, 3):
+        for beta in ("1", "0.5"):
+            config = json.loads((out / f"latent-dim-{nz}_beta-{beta}" / runs.CONFIG).read_text())
+            assert config["model"]["latent_dim"] == nz and config["model"]["hidden"] == [16]
+            assert config["train"]["beta"] == float(beta) and config["train"]["samples"] == 1000
+            assert config["data"]["dataset"] == "digits"
+            assert (out / f"latent-dim-{nz}_beta-{beta}" / "model.safetensors").is_file()
+
+
+def test_summary_matches_each_runs_last_record(swept, capsys):
+    out, _ = swept
+    rows = _summary(out)
+    assert len(rows) == 4
+    for row in rows:
+        last = runs.read_metrics(out / row["run"])[-1]
+        assert row["status"] == "done" and row["error"] == ""
+        assert float(row["test_elbo"]) == last["test_elbo"]
+        assert int(row["samples_seen"]) == last["samples_seen"] == 1000
+        assert float(row["seconds"]) == last["seconds"]
+        assert row["run"] == f"latent-dim-{row['latent-dim']}_beta-{row['beta']}"
+
+
+def test_rerun_skips_finished_runs(swept, capsys):
+    out, _ = swept
+    before = {p.name: (p / runs.METRICS).read_text() for p in out.iterdir() if p.name != "logs" and p.is_dir()}
+    rc = main(["sweep", "--out", str(out), "--jobs", "2", "--grid", "latent-dim", "2", "3", "--grid", "beta", "1",
+               "0.5", *TINY])
+    assert rc == 0
+    rows = _summary(out)
+    assert [r["status"] for r in rows] == ["skipped"] * 4
+    assert {p.name: (p / runs.METRICS).read_text() for p in out.iterdir() if p.name != "logs" and p.is_dir()} == before
+
+
+def test_rerun_resumes_a_started_run(tmp_path):
+    out = tmp_path / "grid"
+    args = ["sweep", "--out", str(out), "--grid", "latent-dim", "2", *TINY]
+    assert main(args) == 0
+    run = out / "latent-dim-2"
+    config = json.loads((run / runs.CONFIG).read_text())
+    config["train"]["samples"] = 2000  # as if the run had been stopped half way
+    runs.write_json(run / runs.CONFIG, config)
+    assert main(args) == 0
+    records = runs.read_metrics(run)
+    assert records[-1]["samples_seen"] == 2000
+    assert [r["samples_seen"] for r in records] == sorted({r["samples_seen"] for r in records})
+    assert "resuming" in (out / "logs" / "latent-dim-2.log").read_text()
+    assert float(_summary(out)[0]["test_elbo"]) == records[-1]["test_elbo"]
+
+
+def test_a_failing_point_does_not_stop_the_others(tmp_path, capsys):
+    data = tmp_path / "x.npy"
+    np.save(data, (np.random.default_rng(0).random((300, 16)) > 0.5).astype(np.float32))
+    out = tmp_path / "grid"
+    rc = main(["sweep", "--out", str(out), "--jobs", "2", "--grid", "data", str(data), str(tmp_path / "gone.npy"),
+               "--samples", "500", "--hidden", "8", "--latent-dim", "2", "--no-progress"])
+    assert rc == 1
+    rows = {r["status"]: r for r in _summary(out)}
+    assert set(rows) == {"done", "failed"}
+    assert float(rows["done"]["test_elbo"]) == runs.read_metrics(out / rows["done"]["run"])[-1]["test_elbo"]
+    assert "gone.npy" in rows["failed"]["error"] and "\n" not in rows["failed"]["error"]
+    assert rows["failed"]["test_elbo"] == ""
+    err = capsys.readouterr().err
+    assert f"aevb sweep: failed {rows['failed']['run']}: " in err
+
+
+@pytest.mark.parametrize("grid, fixed, message", [
+    (["--grid", "latent-dim", "2", "x"], [], "grid point latent-dim-x: argument --latent-dim: invalid int value"),
+    (["--grid", "latent-dimz", "2"], [], "--grid latent-dimz: not a flag of aevb train"),
+    (["--grid", "latent-dims", "2,2"], [], "grid point latent-dims-2,2: --latent-dims needs --stochastic-layers 2"),
+    (["--grid", "out", "a"], [], "--grid out: not a flag of aevb train"),
+    (["--grid", "latent-dim=2,3"], [], "write the flag and its values as words"),
+    (["--grid", "latent-dim", "2", "--grid", "optimizer", "adam", "nope"], [], "argument --optimizer: invalid choice"),
+    (["--grid", "latent-dim", "2"], ["--latent-dim", "3"], "--latent-dim is given both as a fixed flag and in --grid"),
+    (["--grid", "latent-dim", "2", "--grid", "latent-dim", "3"], [], "given twice"),
+    (["--grid", "test-fraction", "0.1", "0.2"], [], "only apply to your own data"),
+])
+def test_bad_grid_is_refused_before_anything_is_created(tmp_path, capsys, grid, fixed, message):
+    out = tmp_path / "grid"
+    assert main(["sweep", "--out", str(out), *grid, "--dataset", "digits", *fixed]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("aevb: error: ") and message in err
+    assert not out.exists()

@@ -113,3 +113,17 @@ def test_bad_grid_is_refused_before_anything_is_created(tmp_path, capsys, grid, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("aevb: error: ") and message in err
     assert not out.exists()
+
+
+def test_fixed_flags_reach_every_run_as_written(tmp_path):
+    from aevb.cli import build_parser
+    from aevb.cli.sweep import plan
+    args = build_parser().parse_args(["sweep", "--out", str(tmp_path / "grid"), "--grid", "seed", "1", "2",
+                                      "--grid", "hidden", "16", "8,8", "--data", "x.npy", "--image-size", "28x32",
+                                      "--lr", "auto", "--samples", "1e4", "--skip-bad"])
+    points = plan(args)
+    assert [p.name for p in points] == ["seed-1_hidden-16", "seed-1_hidden-8,8", "seed-2_hidden-16",
+                                        "seed-2_hidden-8,8"]
+    assert points[1].argv == ["--data", "x.npy", "--image-size", "28x32", "--skip-bad", "--lr", "auto", "--samples",
+                              "10000", "--seed", "1", "--hidden", "8,8"]
+    assert not (tmp_path / "grid").exists()

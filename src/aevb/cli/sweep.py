@@ -121,27 +121,36 @@ def _grid(args, actions) -> list[tuple[str, list[str]]]:
     return grid
 
 
-def _text(value) -> str:
+def _texts(value) -> list[str]:
+    """Ways to write a parsed flag value back as a word (a tuple: 512,512 or 28x28)."""
     if isinstance(value, (tuple, list)):
-        return ",".join(_text(v) for v in value)
-    return repr(value) if isinstance(value, float) else str(value)
+        words = [_texts(v)[0] for v in value]
+        return [",".join(words), "x".join(words)]
+    return [repr(value) if isinstance(value, float) else str(value)]
 
 
 def _fixed_argv(args, parser, actions) -> list[str]:
-    """The run-defining flags given to the sweep, as arguments for aevb train, checked to parse back the same."""
+    """The run-defining flags given to the sweep, as arguments for aevb train, each checked to parse back the same."""
     by_dest = {a.dest: (opt, a) for opt, a in actions.items() if opt.startswith("--")}
-    argv, dests = [], [*run_flags(), "data_dir"]
-    for dest in dests:
+    argv = []
+    for dest in [*run_flags(), "data_dir"]:
         value = getattr(args, dest, None)
         if dest in OWN or value in (None, False):
             continue
         opt, action = by_dest[dest]
-        argv += [opt] if action.nargs == 0 else [opt, _text(value)]
-    back = parser.parse_args(["train", *argv])
-    for dest in dests:
-        if dest not in OWN and getattr(back, dest, None) != getattr(args, dest, None):
-            raise UsageError(f"--{dest.replace('_', '-')} {getattr(args, dest)!r} cannot be passed on to the runs "
-                             "as given; put it in --grid with one value")
+        if action.nargs == 0:
+            argv.append(opt)
+            continue
+        for word in _texts(value):
+            try:
+                if getattr(parser.parse_args(["train", opt, word]), dest) == value:
+                    argv += [opt, word]
+                    break
+            except UsageError:
+                pass
+        else:
+            raise UsageError(f"{opt}: its value cannot be passed on to the runs as parsed; put it in --grid with "
+                             "the one value")
     return argv
 
 

@@ -14,22 +14,22 @@ HIERARCHICAL: dict[str, type] = {}  # architecture -> its model with several sto
 DEFAULT_ARCH = "mlp"
 
 
-def register(name: str):
-    """Class decorator: make a model class (with a `config_class` attribute) buildable by name."""
+def _registrar(table: dict, name: str):
     def decorate(cls):
-        MODELS[name] = cls
+        table[name] = cls
         cls.arch = name
         return cls
     return decorate
 
 
+def register(name: str):
+    """Class decorator: make a model class (with a `config_class` attribute) buildable by name."""
+    return _registrar(MODELS, name)
+
+
 def register_hierarchical(arch: str):
     """Class decorator: the model that a config of architecture `arch` with stochastic_layers > 1 builds."""
-    def decorate(cls):
-        HIERARCHICAL[arch] = cls
-        cls.arch = arch
-        return cls
-    return decorate
+    return _registrar(HIERARCHICAL, arch)
 
 
 def config_of(section: dict):

@@ -52,7 +52,7 @@ def test_estimators_a_and_b_agree_in_expectation(name):
 
 def test_b_without_analytic_kl_is_an_error_not_a_switch():
     model = VAE(ModelConfig(x_dim=4, latent_dim=2, hidden=(3,), posterior="logistic"))
-    with pytest.raises(ValueError, match="none for the logistic posterior"):
+    with pytest.raises(ValueError, match="none for q = logistic, p = logistic"):
         resolve_estimator("sgvb_b", model)
     with pytest.raises(ValueError, match="use sgvb_a"):
         sgvb_b(model, torch.rand(2, 4))

@@ -123,7 +123,9 @@ class ModelConfig:
              f"image_shape must be (H, W) or (C, H, W) of positive sizes, got {shape}"),
             (shape is None or math.prod(shape) == self.x_dim,
              f"image_shape {shape} holds {math.prod(shape or (0,))} values, not x_dim = {self.x_dim}"),
-            (self.arch != "conv" or shape is not None, "--arch conv needs the data's image shape (image_shape)"),
+            (self.arch != "conv" or shape is not None,
+             "--arch conv needs the data's image shape (image_shape), and these data are not images (a table, or "
+             "vectors of no square size): use --arch mlp"),
             (self.arch != "conv" or self.init == "torch", "--init paper is the MLP's; --arch conv takes torch"),
             (all(w > 0 for w in self.conv_widths) and len(self.conv_widths) > 0,
              f"conv widths must be positive, got {self.conv_widths}"),

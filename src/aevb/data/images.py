@@ -17,6 +17,7 @@ Rules (docs/data.md):
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -51,11 +52,8 @@ class Listing:
     files: tuple[str, ...]
     classes: tuple[str, ...] | None  # the first sub-folder of each file, when every file has one
     ignored: int  # files that are not images by their extension
-    stamp: str = ""  # SHA-256 of each file's relative path, size and modification time (nanoseconds), in order
-
-    def fingerprint(self) -> str:
-        """What the cache is keyed by: the listing's paths, sizes and modification times."""
-        return self.stamp
+    stamp: str = ""  # SHA-256 of each file's relative path, size and modification time (nanoseconds), in order:
+    # what the cache is keyed by
 
 
 def _scan(root: Path) -> tuple[list[tuple[str, int, int]], int]:
@@ -108,13 +106,13 @@ def list_images(root: str | os.PathLike) -> Listing:
 # Decoding one image (runs in the worker processes)
 
 
-def _open(path: Path):
-    """The decoded Pillow image, oriented; decompression bombs and unreadable files raise."""
+def _open(data: bytes):
+    """The decoded Pillow image of a file's bytes, oriented; decompression bombs and unreadable files raise."""
     from PIL import Image, ImageOps
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
             return ImageOps.exif_transpose(img)
 
@@ -178,7 +176,7 @@ def _decode(task) -> list:
     for i, p in enumerate(paths):
         try:
             data = Path(p).read_bytes()
-            img = _fit(_to_mode(_open(p), channels), size)
+            img = _fit(_to_mode(_open(data), channels), size)  # the bytes read once, for the hash and the pixels
             if (img.height, img.width) != shape[1:]:
                 raise ValueError(f"it is {img.height}x{img.width}, the others {shape[1]}x{shape[2]}")
             a = np.asarray(img, dtype=np.uint8)
@@ -235,7 +233,7 @@ def decode_folder(root, *, image_size: tuple[int, int] | None = None, channels: 
     listing = listing or list_images(root)
     options = {"image_size": list(image_size) if image_size else None, "channels": channels, "skip_bad": skip_bad,
                "version": CACHE_VERSION}
-    key = hashlib.sha256(json.dumps([str(Path(root).resolve()), listing.fingerprint(), options]).encode())
+    key = hashlib.sha256(json.dumps([str(Path(root).resolve()), listing.stamp, options]).encode())
     folder = cache_root() / key.hexdigest()[:32]
     cached = (folder / "meta.json").is_file()
     if not cached:

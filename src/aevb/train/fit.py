@@ -89,11 +89,7 @@ def fit(model, train_x, test_x, cfg: TrainConfig, run_dir=None, *, progress: boo
         checkpoint_every: seconds between checkpoints during training, besides those at evaluations.
         max_nonfinite: updates in a row with a NaN or Inf loss or gradient that stop the run (NonFiniteError).
     """
-    if torch.is_tensor(train_x) and torch.is_tensor(test_x) and train_x.ndim == 2:
-        train, test, record, test_indices = train_x, test_x, {"dataset": None, "data": None,
-                                                              "source": {"kind": "python"}}, None
-    else:
-        train, test, record, test_indices = _data(train_x, test_x)
+    train, test, record, test_indices = _data(train_x, test_x)
     torch.manual_seed(cfg.seed)
     # Tiny gradients squared by Adagrad and saturated sigmoids produce subnormal floats, which x86 CPUs process
     # many times slower; flushing them changes nothing above 1e-38.

@@ -166,3 +166,34 @@ def test_training_raises_the_bound_and_the_prior_belongs_to_the_objective():
         fit(model, ds.train, ds.test, TrainConfig(samples=100, estimator="iwae"), progress=False)
     with pytest.raises(ValueError, match="theta_noise"):
         FullVB(VAE(ModelConfig(x_dim=4)), n_train=3, theta_noise="none")
+
+
+@pytest.mark.parametrize("kl_weight, free_bits", [(0.5, 0.0), (3.0, 0.0), (0.5, 0.4)])
+def test_the_kl_weight_weighs_both_kls_and_free_bits_floor_the_latent_dimensions(kl_weight, free_bits):
+    torch.manual_seed(0)
+    vae = VAE(ModelConfig(x_dim=6, latent_dim=3, hidden=(5,))).double()
+    model = _randomize(FullVB(vae, n_train=20), seed=4)
+    x = torch.rand(8, 6, dtype=torch.float64)
+    torch.manual_seed(1)
+    plain = full_vb(model, x, num_samples=2)
+    torch.manual_seed(1)
+    weighted = full_vb(model, x, num_samples=2, kl_weight=kl_weight, free_bits=free_bits)
+    with torch.no_grad():
+        mu, log_var = vae.encoder_params(x).chunk(2, -1)
+    kl_dims = 0.5 * (mu.square() + log_var.exp() - 1 - log_var)  # (B, Nz), Appendix B per dimension
+    kl_z = kl_dims.mean(0).clamp(min=free_bits).sum() if free_bits else kl_dims.sum(-1).mean()
+    kl_theta = float(model.kl_theta()) / 20
+    expected = -float(plain["rec"].mean()) + kl_weight * (float(kl_z) + kl_theta)
+    assert float(weighted["loss"]) == pytest.approx(expected, rel=1e-10)
+    torch.testing.assert_close(weighted["elbo"], plain["elbo"])  # the reported bound stays the true one
+    assert float(plain["loss"]) == pytest.approx(-float(plain["elbo"].mean()), rel=1e-10)
+
+
+def test_fit_takes_beta_warmup_and_free_bits():
+    ds = load("digits")
+    for kw in ({"beta": 0.5}, {"kl_warmup": 500}, {"free_bits": 0.1}):
+        torch.manual_seed(0)
+        model = FullVB(VAE(ModelConfig(x_dim=64, latent_dim=3, hidden=(16,))), n_train=ds.train.shape[0])
+        history = fit(model, ds.train, ds.test, TrainConfig(optimizer="adam", samples=1000, batch_size=50, **kw),
+                      progress=False)
+        assert math.isfinite(history[-1]["train_elbo"]), kw

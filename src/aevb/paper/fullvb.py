@@ -3,6 +3,13 @@
 The bound on log p(X) (Appendix F, eqs. 21-24, Algorithm 2) with both KLs analytic (the low-variance form of F.1):
     L(X) = -KL(q(theta) || p(theta)) + sum_i [ E_q(theta) E_q(z|x_i) log p(x_i|z, theta) - KL(q(z|x_i) || p(z)) ],
 estimated from a minibatch of M as N times its mean term minus the theta KL, and reported per datapoint (/ N).
+
+A KL weight w (TrainConfig's `beta` and `kl_warmup`) weighs the whole KL of the variational posterior
+q(theta) prod_i q(z_i|x_i) against p(theta) prod_i p(z_i): both KL(q(z|x_i) || p(z)) and KL(q(theta) || p(theta)) / N
+are multiplied by w in the training loss (maximizing E_q log p(X|Z, theta) - w KL is the bound of the likelihood
+raised to 1/w, so the weight tempers the posterior over theta and z alike). `free_bits` floors the KL of each latent
+dimension of z as for the VAE; the theta KL has no latent dimensions and is only weighted. The reported bounds stay
+w = 1.
 """
 from __future__ import annotations
 
@@ -140,21 +147,27 @@ class FullVB(nn.Module):
         return p.mean if mean else p.sample()
 
 
-def full_vb(model: FullVB, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "standard") -> dict:
+def full_vb(model: FullVB, x: torch.Tensor, *, num_samples: int = 1, gradient: str = "standard", kl_weight=1.0,
+            free_bits: float = 0.0) -> dict:
     """Appendix F's estimator per datapoint: estimator B with theta ~ q(theta), minus KL(q(theta) || p(theta)) / N.
 
     F.1's low-variance form: KL(q(z|x) || p(z)) and KL(q(theta) || p(theta)) in closed form, only
     log p(x|z, theta) sampled (z ~ q(z|x) L times, theta as model.theta_noise says). Over a minibatch of M the
     loss is -(1/M) sum_i [rec_i - kl_i] + KL_theta / N, i.e. -L(X) / N for eq. 8's minibatch estimate of L(X).
 
+    With a KL weight w (`kl_weight`) the loss is -(1/M) sum_i rec_i + w [(1/M) sum_i kl_i + KL_theta / N]: the
+    weight applies to the KL of the whole variational posterior, over z and theta. `free_bits` floors each latent
+    dimension's KL of z (estimators.kl_loss); the theta KL is weighted, never floored. Neither changes `elbo`.
+
     Returns:
         dict with `loss` (scalar) and detached (B,) `elbo` (the per-datapoint bound, including KL_theta / N),
         `rec`, `kl` (of z), and the scalar `kl_theta` (/ N).
     """
-    out = sgvb_b(model, x, num_samples=num_samples, gradient=gradient)
+    out = sgvb_b(model, x, num_samples=num_samples, gradient=gradient, kl_weight=kl_weight, free_bits=free_bits)
     kl_theta = model.kl_theta() / model.n_train
-    return {**out, "loss": out["loss"] + kl_theta, "elbo": out["elbo"] - kl_theta.detach(),
+    return {**out, "loss": out["loss"] + kl_weight * kl_theta, "elbo": out["elbo"] - kl_theta.detach(),
             "kl_theta": kl_theta.detach()}
+
 
 
 @torch.no_grad()
@@ -180,7 +193,8 @@ def fit(model: FullVB, train_x: torch.Tensor, test_x: torch.Tensor, cfg, run_dir
 
     The logged `train_elbo`/`test_elbo` are E_q(theta) ELBOs (theta drawn, KL_theta not subtracted); use
     evaluate_full_vb for the bound. cfg.weight_decay must be 0 (the prior on theta is in the objective) and
-    cfg.estimator sgvb_b or auto (F.1's form is estimator B).
+    cfg.estimator sgvb_b or auto (F.1's form is estimator B). cfg.beta, cfg.kl_warmup and cfg.free_bits act as
+    `full_vb` describes (the weight on the KL over z and theta, free bits on z's dimensions).
     """
     if cfg.weight_decay != 0:
         raise ValueError("full VB has its prior on theta in the objective; use weight_decay=0")

@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.distributions import MixtureSameFamily
 
 from .. import runs
 from ..likelihoods import BernoulliHead, CategoricalHead, GaussianHead
 from ..load import load_run
 from ..version import __version__
-from .diagnostics import ACTIVE_THRESHOLD, active_units, kl_per_dim, posterior_means
+from .diagnostics import (ACTIVE_THRESHOLD, LAYER_SAMPLES, active_units, is_layered, kl_per_dim, layer_diagnostics,
+                          posterior_means)
 from .plots import (LABEL_COLORS, check_image, class_names, display_scale, label_name, png_bytes, run_figures,
                     top_dims)
 
@@ -90,23 +92,31 @@ def decoder_spec(model) -> dict:
         raise ValueError(f"the explorer's decoder does not support the output head {type(head).__name__}")
     eps = float(torch.finfo(out.weight.dtype).eps)
     return {
-        "latent_dim": cfg.latent_dim, "x_dim": x_dim, "layers": layers,
+        "latent_dim": decoder_latent_dim(model), "x_dim": x_dim, "layers": layers,
         "activation": acts[0] if acts else {"name": "tanh"},  # unused without hidden layers
         "head": {"kind": JS_HEADS[cfg.likelihood], "W": _b64(w), "b": _b64(b), "n_in": out.in_features,
                  "n_out": w.shape[0], "levels": cfg.levels, "eps": eps, "lims": list(CB_LIMS)},
     }
 
 
+def decoder_latent_dim(model) -> int:
+    """How many leading coordinates of z the decoder reads: all of them, except for a hierarchical VAE, whose
+    decoder p(x|z_1) reads z_1, the first d_1."""
+    dims = getattr(model, "dims", ())
+    return int(dims[0]) if len(dims) > 1 else int(model.config.latent_dim)
+
+
 def explorer_data(model, x_train: torch.Tensor, labels: torch.Tensor | None, image_shape, dims=None,
                   names: list[str] | None = None) -> dict:
     """Everything the explorer needs: decoder_spec plus the image shape ([H, W] or [C, H, W]), the posterior means
     of `x_train` (drawn on the plane), their labels and the class names (`names`, or None), the plane's extent per
-    dimension and the two dimensions shown first (`dims`, default the two whose posterior means vary most)."""
+    dimension and the two dimensions shown first (`dims`, default the two whose posterior means vary most).
+    For a hierarchical VAE the explorer's z is z_1, the decoder's input (`decoder_latent_dim`)."""
     spec = decoder_spec(model)
-    dz = model.config.latent_dim
+    dz = decoder_latent_dim(model)
     if dz < 2:
         raise ValueError("the latent explorer needs at least 2 latent dimensions")
-    means = posterior_means(model, x_train).cpu()
+    means = posterior_means(model, x_train).cpu()[:, :dz]
     var, _ = active_units(means) if means.shape[0] > 1 else (torch.ones(dz), None)
     if dims is None:
         dims = [0, 1] if dz == 2 else top_dims(var.numpy(), 2)
@@ -190,15 +200,7 @@ def build_report(run_dir, ds, *, dims=None, points: int = 1000, include: dict[st
     shape = check_image(config["data"].get("image_shape"))
     figures = run_figures(model, config, ds, metrics, seed=seed)
     x_test = ds.test
-    means = posterior_means(model, x_test)
-    var, active = active_units(means)
-    summary = [("test images", x_test.shape[0]), ("latent dimensions", model.config.latent_dim),
-               ("active units (Cov_x E[z_j|x] > %g)" % ACTIVE_THRESHOLD, int(active.sum()))]
-    try:
-        kl = kl_per_dim(model, x_test)
-        summary.append(("KL(q(z|x) || p(z)), test mean (nats)", float(kl.sum())))
-    except ValueError:
-        pass
+    summary, layer_table = _latent_summary(model, x_test, seed)
     parts = [f"<h1>aevb run: {html.escape(str(run_dir))}</h1>",
              f"<p class='small'>{html.escape(_data_name(config.get('data', {})))}, preset "
              f"{html.escape(str(config.get('preset')))}, created {html.escape(str(config.get('created')))}; "
@@ -214,6 +216,8 @@ def build_report(run_dir, ds, *, dims=None, points: int = 1000, include: dict[st
         parts.append("<details><summary>Every evaluation</summary>" +
                      _table([[r[k] for k in hist_keys] for r in metrics], headers=hist_keys) + "</details>")
     parts.append(_table(summary))
+    if layer_table:
+        parts.append("<h3>Stochastic layers</h3>" + layer_table)
     for name, data in (include or {}).items():
         parts.append(f"<h3>{html.escape(name)}</h3>" + _table(_flatten(data)))
     parts.append("<h2>Pictures</h2>")
@@ -236,6 +240,42 @@ def build_report(run_dir, ds, *, dims=None, points: int = 1000, include: dict[st
             f"<body>\n{body}\n</body></html>\n")
 
 
+LAYER_HEADERS = ("layer", "q", "p", "latent dimensions", "active units", "KL (nats)", "KL of the active units",
+                 "KL per dimension (nats)")
+
+
+def _latent_summary(model, x_test: torch.Tensor, seed: int = 0) -> tuple[list[tuple[str, object]], str]:
+    """The report's rows on the latent space (test images, latent dimensions, active units, KL) and, for a
+    hierarchical VAE, the HTML table of its stochastic layers (`diagnostics.layer_diagnostics`); else ''."""
+    summary: list[tuple[str, object]] = [("test images", x_test.shape[0])]
+    active_label = "active units (Cov_x E[z_j|x] > %g)" % ACTIVE_THRESHOLD
+    prior = model.prior()
+    if is_layered(prior):
+        rows = layer_diagnostics(model, x_test, seed=seed)
+        summary += [("latent dimensions", f"{sum(r['latent_dim'] for r in rows)} in {len(rows)} stochastic layers"),
+                    (active_label + ", all layers", sum(r["active_units"] for r in rows)),
+                    ("KL(q(z|x) || p(z)), test mean (nats), the layers' sum", sum(r["kl"] for r in rows))]
+        table = [(r["layer"], r["q"], r["p"], r["latent_dim"], r["active_units"], r["kl"], r["kl_active"],
+                  r["kl_per_dim"] if r["kl_per_dim"] is not None else "not defined: " + r["kl_per_dim_unavailable"])
+                 for r in rows]
+        note = (f"<p class='small'>Per layer, on the test set: E_q[z_l|x] from {LAYER_SAMPLES} ancestral draws "
+                "of q per image; KL = E_x E_q[log q(z_l|...) - log p(z_l|z_(l+1))] by Monte Carlo on the same "
+                "draws (the layers' KLs add up to the total).</p>")
+        return summary, _table(table, headers=LAYER_HEADERS) + note
+    var, active = active_units(posterior_means(model, x_test))
+    summary += [("latent dimensions", model.config.latent_dim), (active_label, int(active.sum()))]
+    try:
+        kl = kl_per_dim(model, x_test)
+    except ValueError:  # a flow posterior: no per-dimension KL
+        return summary, ""
+    if isinstance(prior, MixtureSameFamily):
+        summary.append(("sum over j of KL(q(z_j|x) || p(z_j)) against the prior's marginals, test mean (nats; not "
+                        "the ELBO's KL, the prior does not factorize)", float(kl.sum())))
+    else:
+        summary.append(("KL(q(z|x) || p(z)), test mean (nats)", float(kl.sum())))
+    return summary, ""
+
+
 def _legend_html(labels, names) -> str:
     """The explorer's colour key: one swatch per label present, named by its class name where known."""
     if labels is None:
@@ -253,8 +293,12 @@ def _explorer_html(model, ds, shape, dims, points: int, names: list[str] | None 
     script = resources.files("aevb.inspect").joinpath("explorer.js").read_text(encoding="utf-8")
     h, w = data["image_shape"][-2:]
     scale = max(1, 224 // max(h, w))
-    what = ("the latent plane" if model.config.latent_dim == 2 else
-            "two latent dimensions (chosen below; the others are held at 0, the prior mean)")
+    if decoder_latent_dim(model) != model.config.latent_dim:  # a hierarchy: the decoder reads z_1 only
+        what = ("two dimensions of z_1, the decoder's input (chosen below; the other dimensions of z_1 are held at "
+                "0)" if data["latent_dim"] > 2 else "the plane of z_1, the decoder's input")
+    else:
+        what = ("the latent plane" if model.config.latent_dim == 2 else
+                "two latent dimensions (chosen below; the others are held at 0, the prior mean)")
     by = "coloured by class" if names and labels is not None else "coloured by label"
     return f"""<h2>Latent explorer</h2>
 <p>Move the pointer over {what}: the page runs the decoder's forward pass itself (its weights travel inside this

@@ -91,11 +91,30 @@ class Chain(Distribution):
         with torch.no_grad():
             return self.rsample(sample_shape)
 
+    def parent(self, layer: int) -> int | None:
+        """The layer whose value layer `layer`'s factor is conditioned on: the one sampled just before it; None for
+        the first sampled layer."""
+        i = self.order.index(layer)
+        return self.order[i - 1] if i else None
+
+    def factors(self, value: torch.Tensor) -> list[Distribution]:
+        """Each layer's factor at `value` (..., sum dims), indexed by layer (z_1 first): the first sampled layer's
+        distribution, and for every other layer l its distribution given layer parent(l)'s part of `value`. Each
+        is a diagonal Gaussian with event shape (d_l,); log_prob(value) is the sum of their log densities at the
+        layers' parts."""
+        parts = value.split(self.dims, -1)
+        out: list[Distribution | None] = [None] * len(self.dims)
+        out[self.order[0]] = self.first
+        for prev, layer in zip(self.order, self.order[1:]):
+            out[layer] = self.step(layer, parts[prev])
+        return out
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         parts = value.split(self.dims, -1)
-        out = self.first.log_prob(parts[self.order[0]])
-        for prev, layer in zip(self.order, self.order[1:]):
-            out = out + self.step(layer, parts[prev]).log_prob(parts[layer])
+        factors = self.factors(value)
+        out = factors[self.order[0]].log_prob(parts[self.order[0]])
+        for layer in self.order[1:]:
+            out = out + factors[layer].log_prob(parts[layer])
         return out
 
     @property

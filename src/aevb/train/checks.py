@@ -1,6 +1,8 @@
 """Refusing data the trainer cannot use, and the error a run of non-finite updates ends with."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.distributions import constraints
 
@@ -29,11 +31,15 @@ def check_data(train_x: torch.Tensor, test_x: torch.Tensor, likelihood: str | No
             raise ValueError(f"the {name} set is empty")
         if not x.is_floating_point():
             raise ValueError(f"the {name} data must be floating point, got {x.dtype}")
-        bad = int((~torch.isfinite(x)).sum())
-        if bad:
+        lo, hi = (float(v) for v in torch.aminmax(x))  # one pass; a NaN anywhere makes both NaN
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"the {name} data has {bad} non-finite values (NaN or Inf)")
-        if support is not None and not bool(support.check(x).all()):
-            lo, hi = float(x.min()), float(x.max())
+        if support is constraints.unit_interval:
+            outside = lo < 0 or hi > 1
+        else:
+            outside = support not in (None, constraints.real) and not bool(support.check(x).all())
+        if outside:
             where = "[0, 1]" if support is constraints.unit_interval else f"its support ({support})"
             raise ValueError(f"the {name} data has values outside {where} (min {lo:g}, max {hi:g}), which the "
                              f"{likelihood} likelihood cannot model")

@@ -61,15 +61,13 @@ def test_rgb_png_holds_the_rounded_values_repeated():
     assert (levels[0, 0, :3] == 0).all() and (levels[..., 3] == 255).all()
 
 
-def test_grey_png_is_unchanged():
-    """The grey path is still matplotlib's gray colormap on the Kronecker-repeated array (byte for byte)."""
-    import matplotlib.image
-
+def test_grey_png_holds_the_rounded_values_in_every_colour_channel():
     grid = np.linspace(0, 1, 15, dtype=np.float32).reshape(3, 5)
-    buf = io.BytesIO()
-    matplotlib.image.imsave(buf, np.kron(grid, np.ones((3, 3), dtype=np.float32)), cmap="gray", vmin=0.0, vmax=1.0,
-                            format="png")
-    assert grid_png(grid, 3) == buf.getvalue()
+    levels = np.round(_png_pixels(grid_png(grid, 3)) * 255).astype(int)
+    assert levels.shape == (9, 15, 4) and (levels[..., 3] == 255).all()
+    expected = np.kron(np.round(grid * 255), np.ones((3, 3))).astype(int)
+    for c in range(3):
+        np.testing.assert_array_equal(levels[..., c], expected)
     assert image_grid(grid[None]).shape == (5, 7)
 
 

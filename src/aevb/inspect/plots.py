@@ -72,17 +72,18 @@ def image_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.
 
 
 def grid_png(array: np.ndarray, scale: int = 2) -> bytes:
-    """PNG bytes of a grey-level (H, W) or RGB (H, W, 3) array in [0, 1], each pixel repeated `scale` times for
-    legibility. Grey goes through matplotlib's 256-level gray colormap; RGB values become round(255 v)."""
-    import matplotlib.image
+    """PNG bytes (RGBA, opaque) of a grey-level (H, W) or RGB (H, W, 3) array in [0, 1], each pixel repeated `scale`
+    times for legibility; values become round(255 v). Written by Pillow, so that saving a picture does not import
+    matplotlib."""
+    from PIL import Image
 
+    levels = np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
+    if levels.ndim == 2:
+        levels = np.repeat(levels[..., None], 3, axis=2)
+    big = np.repeat(np.repeat(levels, scale, 0), scale, 1)
+    rgba = np.concatenate([big, np.full((*big.shape[:2], 1), 255, dtype=np.uint8)], axis=2)
     buf = io.BytesIO()
-    if array.ndim == 3:
-        big = np.repeat(np.repeat(np.clip(array, 0, 1), scale, 0), scale, 1)
-        matplotlib.image.imsave(buf, np.round(big * 255).astype(np.uint8), format="png")
-        return buf.getvalue()
-    big = np.kron(np.clip(array, 0, 1), np.ones((scale, scale), dtype=np.float32))
-    matplotlib.image.imsave(buf, big, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    Image.fromarray(rgba, "RGBA").save(buf, format="png")
     return buf.getvalue()
 
 

@@ -1,4 +1,4 @@
-"""Per-layer diagnostics of hierarchical VAEs (inspect/diagnostics.layer_diagnostics): each layer's KL and KL per
+"""Per-layer diagnostics of hierarchical VAEs (inspect/layers.layer_diagnostics): each layer's KL and KL per
 dimension against the closed form on all-linear two-layer models whose q and p are known Gaussians, active units
 against the exact count on models with units forced inactive, the layers' KLs against estimator A's KL on the
 same draws, and the command line and report."""
@@ -12,7 +12,8 @@ import torch
 import aevb
 from aevb import ModelConfig, models
 from aevb.estimators import sgvb_a
-from aevb.inspect.diagnostics import diagnose, kl_per_dim, layer_diagnostics
+from aevb.inspect.diagnostics import diagnose, kl_per_dim
+from aevb.inspect.layers import layer_diagnostics
 from aevb.inspect.report import _latent_summary, decoder_spec, explorer_data
 
 

@@ -23,8 +23,8 @@ from .. import runs
 from ..likelihoods import BernoulliHead, CategoricalHead, GaussianHead
 from ..load import load_run
 from ..version import __version__
-from .diagnostics import (ACTIVE_THRESHOLD, LAYER_SAMPLES, active_units, is_layered, kl_per_dim, layer_diagnostics,
-                          posterior_means)
+from .diagnostics import ACTIVE_THRESHOLD, active_units, kl_per_dim, posterior_means
+from .layers import LAYER_SAMPLES, is_layered, layer_diagnostics
 from .plots import (LABEL_COLORS, check_image, class_names, display_scale, label_name, png_bytes, run_figures,
                     top_dims)
 
@@ -246,7 +246,7 @@ LAYER_HEADERS = ("layer", "q", "p", "latent dimensions", "active units", "KL (na
 
 def _latent_summary(model, x_test: torch.Tensor, seed: int = 0) -> tuple[list[tuple[str, object]], str]:
     """The report's rows on the latent space (test images, latent dimensions, active units, KL) and, for a
-    hierarchical VAE, the HTML table of its stochastic layers (`diagnostics.layer_diagnostics`); else ''."""
+    hierarchical VAE, the HTML table of its stochastic layers (`layers.layer_diagnostics`); else ''."""
     summary: list[tuple[str, object]] = [("test images", x_test.shape[0])]
     active_label = "active units (Cov_x E[z_j|x] > %g)" % ACTIVE_THRESHOLD
     prior = model.prior()

@@ -222,3 +222,20 @@ def test_eval_diagnostics_and_the_report_of_a_hierarchical_run(tmp_path, capsys)
     page = (tmp_path / "r.html").read_text()
     assert "<h3>Stochastic layers</h3>" in page and "q(z_2|z_1)" in page and "p(z_1|z_2)" in page
     assert "two dimensions of z_1, the decoder&#x27;s input" in page or "two dimensions of z_1" in page
+
+
+def test_a_hierarchys_traversals_move_the_dimensions_the_decoder_reads():
+    from aevb.inspect.plots import run_figures
+    torch.manual_seed(0)
+    cfg = ModelConfig(x_dim=64, stochastic_layers=2, latent_dims=(3, 4), hidden=(8,), upper_hidden=(4,))
+    model = models.build(cfg)
+    with torch.no_grad():
+        model.up[1][-1].weight.mul_(50.0)  # z_2's posterior means vary most: they must still not be traversed
+    ds = aevb.data.load("digits")
+    figures = run_figures(model, {"data": {"image_shape": [8, 8]}}, ds, [])
+    caption, grid = figures["traversals"]
+    assert "dimension of z_1" in caption
+    assert grid.shape[0] == 3 * 9 + 1  # three rows of 8x8 tiles in 1-pixel borders: z_1's three dimensions
+    for r in range(3):
+        tiles = [grid[1 + r * 9:9 + r * 9, 1 + c * 9:9 + c * 9] for c in range(11)]
+        assert max(float(np.abs(t - tiles[0]).max()) for t in tiles) > 0  # every row moves the picture

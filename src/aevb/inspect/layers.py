@@ -23,6 +23,13 @@ def is_layered(dist) -> bool:
     return callable(getattr(dist, "factors", None)) and len(getattr(dist, "dims", ())) > 1
 
 
+def decoder_latent_dim(model) -> int:
+    """How many leading coordinates of z the decoder reads: all of them, except for a hierarchical VAE, whose
+    decoder p(x|z_1) reads z_1, the first d_1 (traversals and the report's explorer move those only)."""
+    dims = getattr(model, "dims", ())
+    return int(dims[0]) if len(dims) > 1 else int(model.config.latent_dim)
+
+
 def _given(chain, layer: int, inference: str | None, which: str) -> str:
     """The factor's name, e.g. q(z_1|x), q(z_1|z_2, x), p(z_1|z_2), p(z_2)."""
     parent = chain.parent(layer)

@@ -19,6 +19,7 @@ import torch
 
 from .. import runs
 from .diagnostics import active_units, kl_per_dim, posterior_means
+from .layers import decoder_latent_dim
 
 LABEL_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
                 "#17becf")  # matplotlib's tab10, also used by the report's explorer
@@ -336,10 +337,12 @@ def run_figures(model, config: dict, ds, metrics: list[dict], *, n_latent: int =
         out["manifold"] = ("The learned 2-D manifold: decoder means on the inverse-Gaussian-CDF grid (Figure 4).",
                            manifold_grid(model, shape))
     else:
-        dims = top_dims(var, min(10, dz))
+        reach = decoder_latent_dim(model)  # a hierarchy's decoder reads z_1 only: traverse its dimensions
+        dims = top_dims(var[:reach], min(10, reach))
         base = means_all[0].cpu()
-        out["traversals"] = (f"Latent traversals from the first test image's posterior mean: one row per latent "
-                             f"dimension ({', '.join(map(str, dims))}, the most active first), z_j from -3 to 3.",
+        what = "latent dimension" if reach == dz else "dimension of z_1, the decoder's input"
+        out["traversals"] = (f"Latent traversals from the first test image's posterior mean: one row per {what} "
+                             f"({', '.join(map(str, dims))}, the most active first), z_j from -3 to 3.",
                              traversal_grid(model, base, dims, shape))
         gen = torch.Generator().manual_seed(seed)
         idx = torch.randperm(x.shape[0], generator=gen)[:16].to(device)

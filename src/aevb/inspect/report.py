@@ -24,7 +24,7 @@ from ..likelihoods import BernoulliHead, CategoricalHead, GaussianHead
 from ..load import load_run
 from ..version import __version__
 from .diagnostics import ACTIVE_THRESHOLD, active_units, kl_per_dim, posterior_means
-from .layers import LAYER_SAMPLES, is_layered, layer_diagnostics
+from .layers import LAYER_SAMPLES, decoder_latent_dim, is_layered, layer_diagnostics
 from .plots import (LABEL_COLORS, check_image, class_names, display_scale, label_name, png_bytes, run_figures,
                     top_dims)
 
@@ -97,13 +97,6 @@ def decoder_spec(model) -> dict:
         "head": {"kind": JS_HEADS[cfg.likelihood], "W": _b64(w), "b": _b64(b), "n_in": out.in_features,
                  "n_out": w.shape[0], "levels": cfg.levels, "eps": eps, "lims": list(CB_LIMS)},
     }
-
-
-def decoder_latent_dim(model) -> int:
-    """How many leading coordinates of z the decoder reads: all of them, except for a hierarchical VAE, whose
-    decoder p(x|z_1) reads z_1, the first d_1."""
-    dims = getattr(model, "dims", ())
-    return int(dims[0]) if len(dims) > 1 else int(model.config.latent_dim)
 
 
 def explorer_data(model, x_train: torch.Tensor, labels: torch.Tensor | None, image_shape, dims=None,

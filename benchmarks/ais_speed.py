@@ -1,5 +1,6 @@
-"""Seconds and estimates of AIS and the paper's HMC estimator (Appendix D): the implementation before issue 22
-(copied below, as it was) against the library's, on the same model and datapoints, alternated in one process.
+"""Seconds and estimates of AIS and the paper's HMC estimator (Appendix D): the former, one-datapoint-at-a-time
+implementation (copied below, as it was) against the library's, on the same model and datapoints, alternated in
+one process.
 
 Usage: python benchmarks/ais_speed.py RUN --data-dir ../shared/data [--limit 200] [--methods ais,hmc]
        [--ais-steps 500] [--also-ais-steps 50,100] [--repeats 1] [--threads 1]
@@ -29,7 +30,7 @@ from aevb.marginal.hmc import _fit_density
 from aevb.train import EVAL_BINARIZATION_SEEDS
 
 
-# --- the implementation before issue 22 (the fitted density is unchanged and imported) --------------------------
+# --- the former implementation (the fitted density is unchanged and imported) -----------------------------------
 
 class _OldState(NamedTuple):
     log_f: torch.Tensor

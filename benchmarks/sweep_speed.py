@@ -3,7 +3,7 @@
     python benchmarks/sweep_speed.py --data-dir ../shared/data [--samples 1e6] [--repeats 1] [--modes packed,serial]
 
 The panels are the presets paper-mnist-{3,5,10,20,200} and paper-frey-{2,5,10,20}: nine, one per Nz of the
-paper's Figure 2 (five MNIST, four Frey Face; "ten panels" in the issue counts one too many). Each mode trains all nine with
+paper's Figure 2 (five MNIST, four Frey Face). Each mode trains all nine with
 AEVB for --samples datapoints each through `aevb sweep --grid preset ...`, into a fresh folder:
   packed:  --jobs <cores> (default: the usable cores), one thread per run;
   serial:  --jobs 1, one thread, the runs one after another;

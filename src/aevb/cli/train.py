@@ -13,6 +13,7 @@ from ..inspect.plots import manifold_grid, sample_grid, save_image
 from ..load import model_config, train_config
 from ..train import DataOptions, TrainConfig, check_data, fit
 from ..train.fit import run_config
+from ..train.fused import resolve_step, uncovered
 from ..train.presets import merge
 from .common import UsageError, check_positive, check_tensorboard, compile_failed, device as get_device, load_data
 from .parser import given_options, run_flags
@@ -101,6 +102,7 @@ def _train_new(args, device, world) -> int:
     train_cfg = TrainConfig(**settings["train"])
     if train_cfg.shards % world.size:
         raise UsageError(f"--shards {train_cfg.shards} is not a multiple of the {world.size} processes")
+    train_cfg = _resolve_step(train_cfg, model, world)
     out = Path(args.out or f"runs/{ds.name}-nz{model_cfg.latent_dim}")
     config = run_config(model_cfg, train_cfg, _data_record(settings, ds, args) if world.main else {},
                         device=device, world_size=world.size, preset=args.preset)
@@ -117,6 +119,16 @@ def _train_new(args, device, world) -> int:
         print(f"aevb: training {ds.name} ({ds.train.shape[0]} train / {ds.test.shape[0]} test), "
               f"Nz={model_cfg.latent_dim}, {train_cfg.total_samples(ds.train.shape[0]):,} datapoints{procs} -> {out}")
     return _fit_and_finish(model, ds, train_cfg, config, out, device, args, world, resume=False)
+
+
+def _resolve_step(train_cfg, model, world):
+    """The config with `step` resolved to the path the run takes (recorded in config.json), said once for auto;
+    a ValueError for --step fused where it does not cover the model or options."""
+    step = resolve_step(train_cfg, model, world.size)
+    if train_cfg.step == "auto" and world.main:
+        why = uncovered(model, train_cfg, world.size)
+        print(f"aevb: step auto -> {step}" + (f" (the fused step does not cover {why})" if why else ""))
+    return dataclasses.replace(train_cfg, step=step)
 
 
 def _resume(args, device, world) -> int:

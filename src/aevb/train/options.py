@@ -14,6 +14,7 @@ from .. import options as opt
 from ..data import DATASETS, SPLITS
 from ..estimators import ESTIMATORS, GRADIENTS
 from ..optim import OPTIMIZERS
+from .fused import STEPS
 from .presets import PAPER_LR_CANDIDATES
 
 SCHEDULES = ("constant", "cosine")
@@ -132,6 +133,10 @@ class TrainConfig:
     ema: float = opt.option(0.0, "decay of a moving average of the weights (0 = off)")
     compile: bool = opt.option(False, "torch.compile the estimator (needs a C++ compiler; the first compilation "
                                "takes about a minute)")
+    step: str = opt.option(
+        "auto", "the training step: fused (a hand-written forward and backward of the plain MLP VAE with estimator "
+        "sgvb_b, its Bernoulli likelihood and normal posterior and prior, in one process), autograd, or auto: fused "
+        "where it covers the model and options, else autograd", choices=STEPS)
     tensorboard: bool = opt.option(False, "also write TensorBoard event files into the run folder (needs: pip "
                                    "install tensorboard)")
     seed: int = opt.option(0, "random seed (default 0)")
@@ -162,6 +167,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS,
              f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}"),
+            (self.step in STEPS, f"unknown step {self.step!r}; choose from {', '.join(STEPS)}"),
             (self.binarize in BINARIZE, f"unknown binarization {self.binarize!r}; choose from {', '.join(BINARIZE)}"),
             (all(0 < v < math.inf for v in (self.lr, *self.lr_candidates)),
              "learning rates must be positive and finite"),

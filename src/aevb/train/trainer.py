@@ -16,7 +16,7 @@ import torch
 from .. import distributed
 from ..estimators import ESTIMATORS, resolve_estimator
 from ..optim import make_optimizer
-from . import checkpoint, evaluation, lr_search
+from . import checkpoint, evaluation, fused, lr_search
 from .checks import NonFiniteError, check_data
 from .options import TrainConfig
 from .progress import Progress, TensorBoard
@@ -88,6 +88,9 @@ class Trainer:
         self.objective = Objective(model, estimator, self.streams, cfg.num_samples, cfg.gradient, beta=cfg.beta,
                                    kl_warmup=cfg.kl_warmup, free_bits=cfg.free_bits)
         self.forward = self.objective
+        # "fused" (fused.py: forward and backward by hand, gradients into .grad) or "autograd"
+        self.step_path = fused.resolve_step(cfg, model, self.world.size)
+        self.fused = fused.FusedStep(self.objective) if self.step_path == "fused" else None
         if self.world.size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -102,7 +105,9 @@ class Trainer:
 
     @estimator.setter
     def estimator(self, fn) -> None:
+        """Replacing the objective leaves the fused step (which computes estimator B of the plain VAE) for autograd."""
         self.objective.estimator = fn
+        self.fused, self.step_path = None, "autograd"
 
     def make_optimizer(self, lr: float):
         c = self.cfg
@@ -115,13 +120,15 @@ class Trainer:
         m = self.cfg.batch_size // self.shards
         xs = []
         for i, s in enumerate(self.local_shards):
-            x = self.train_x[idx if self.shards == 1 else idx[s * m:(s + 1) * m]]
+            x = torch.index_select(self.train_x, 0, idx if self.shards == 1 else idx[s * m:(s + 1) * m])
             if self.cfg.binarize == "dynamic":
                 x = torch.bernoulli(x, generator=self.streams.noise[i])
             xs.append(x)
         return xs
 
     def _grad_norm(self) -> torch.Tensor:
+        if self.fused is not None:
+            return self.fused.grad_norm()
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads:
             return torch.zeros((), device=self.train_x.device)
@@ -142,8 +149,11 @@ class Trainer:
                 group["lr"] = lr
             xs = self._minibatch()
             opt.zero_grad(set_to_none=True)
-            loss, elbo = self.forward(xs, self.samples_seen)  # the KL weight's warm-up counts datapoints
-            loss.backward()
+            if self.fused is not None:  # sets each parameter's .grad itself
+                loss, elbo = self.fused(xs, self.samples_seen)
+            else:
+                loss, elbo = self.forward(xs, self.samples_seen)  # the KL weight's warm-up counts datapoints
+                loss.backward()
             norm = self._grad_norm()
             bad = not bool(torch.isfinite(norm) & torch.isfinite(loss))
             due = self.checkpointing and time.monotonic() - self.last_checkpoint >= self.checkpoint_every

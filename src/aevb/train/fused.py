@@ -1,0 +1,330 @@
+"""A hand-derived training step for the plain MLP VAE: forward and backward of estimator B without autograd.
+
+`FusedStep` computes the same loss, ELBO and parameter gradients as `Objective` followed by `loss.backward()` for
+the model it covers: the "mlp" architecture (any number of hidden layers, tanh, relu or elu), q(z|x) normal with
+the paper's [mu, log sigma^2] outputs, the N(0, I) prior, the Bernoulli likelihood (grey levels or binarized),
+estimator sgvb_b with the standard gradient, any number of samples L and a KL weight (beta, warm-up), in one process
+with one shard. Every matrix product is an `addmm`/`mm`/`addmv` writing into a buffer allocated once per batch size
+(bias adds and the 1/(M L) scale ride along as the products' beta and alpha), the elementwise work is done in
+place, the input gradient of the first layer is never formed, and the gradients land in each parameter's `.grad`,
+so the optimizers, the weight average, the gradient-norm guard and checkpoints work unchanged. The noise eps is the
+same `normal_()` draw of shape (L, M, Nz) from the same global generator as `Normal.rsample`, so with the same seed
+both paths see the same z.
+
+`resolve_step` turns the `step` option ("auto", "fused", "autograd") into the path a run takes.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..estimators import resolve_estimator
+from .schedule import kl_weight
+
+STEPS = ("auto", "fused", "autograd")
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+
+
+def _layers(seq) -> list[nn.Linear] | None:
+    """The Linear layers of an `nets.mlp` stack (Linear, activation, Linear, activation, ...); None otherwise."""
+    if not isinstance(seq, nn.Sequential) or len(seq) % 2:
+        return None
+    linears = list(seq)[0::2]
+    return linears if all(type(m) is nn.Linear for m in linears) else None
+
+
+def _activation_ok(seq, name: str) -> bool:
+    cls = ACTIVATIONS[name]
+    acts = list(seq)[1::2]
+    if not all(type(m) is cls for m in acts):
+        return False
+    return name != "elu" or all(m.alpha == 1.0 for m in acts)
+
+
+def uncovered(model, cfg, world_size: int = 1) -> str | None:
+    """What keeps this model and training config off the fused step, in a few words; None when it is covered."""
+    from ..models.mlp import VAE
+
+    c = getattr(model, "config", None)
+    if type(model) is not VAE or c is None:
+        return f"the model {type(model).__name__} (only the plain mlp VAE)"
+    checks = [
+        (c.activation in ACTIVATIONS, f"activation {c.activation} (only {', '.join(ACTIVATIONS)})"),
+        (c.posterior == "normal", f"posterior {c.posterior} (only normal)"),
+        (c.prior == "normal", f"prior {c.prior} (only normal)"),
+        (model.flow is None and model.learned_prior is None, "a flow posterior or a learned prior"),
+        (c.likelihood == "bernoulli", f"likelihood {c.likelihood} (only bernoulli)"),
+        (getattr(c, "stochastic_layers", 1) == 1, "a hierarchical model"),
+    ]
+    for ok, why in checks:
+        if not ok:
+            return why
+    enc, dec = _layers(model.encoder), _layers(model.decoder)
+    head = getattr(model.dec_head, "out", None)
+    if enc is None or dec is None or type(model.enc_head) is not nn.Linear or type(head) is not nn.Linear \
+            or not _activation_ok(model.encoder, c.activation) or not _activation_ok(model.decoder, c.activation) \
+            or model.dec_head.dist.__name__ != "GreyLevelBernoulli":
+        return "networks other than nets.mlp stacks with linear heads"
+    name = resolve_estimator(cfg.estimator, model)
+    steps = [
+        (name == "sgvb_b", f"estimator {name} (only sgvb_b)"),
+        (cfg.gradient == "standard", f"gradient {cfg.gradient} (only standard)"),
+        (not cfg.free_bits, "free bits"),
+        (not cfg.compile, "--compile"),
+        (world_size == 1 and (cfg.shards or 1) == 1, "more than one process or shard"),
+    ]
+    for ok, why in steps:
+        if not ok:
+            return why
+    return None
+
+
+def resolve_step(cfg, model, world_size: int = 1) -> str:
+    """The training step a run takes: "fused" or "autograd". `cfg.step` "auto" takes the fused step where it covers
+    the model and config; "fused" where it does not is a ValueError naming what is not covered."""
+    asked = getattr(cfg, "step", "auto")
+    if asked not in STEPS:
+        raise ValueError(f"unknown step {asked!r}; choose from {', '.join(STEPS)}")
+    if asked == "autograd":
+        return "autograd"
+    why = uncovered(model, cfg, world_size)
+    if why is None:
+        return "fused"
+    if asked == "fused":
+        raise ValueError(f"--step fused does not cover {why}; use --step auto or --step autograd")
+    return "autograd"
+
+
+def _group(d: int) -> int | None:
+    """A group size in [16, 112] dividing d, for a sum of logs of numbers in [1/2, 1) taken as the logs of products
+    of `group` of them (a product stays above 2^-112, a normal float32); None where there is none."""
+    return next((g for g in range(112, 15, -1) if d % g == 0), None)
+
+
+class _Buffers:
+    """Everything one step writes, for one batch size M: activations, their gradients, z, its noise, the logits."""
+
+    def __init__(self, step: "FusedStep", b: int):
+        L, dz = step.num_samples, step.dz
+        n = L * b
+        new = lambda *shape: torch.empty(*shape, dtype=step.dtype, device=step.device)  # noqa: E731
+        self.b, self.n = b, n
+        self.enc_h = [new(b, w.shape[0]) for w, _ in step.enc]  # each hidden layer's output
+        self.enc_dh = [new(b, w.shape[0]) for w, _ in step.enc]  # and the loss's gradient there
+        self.raw = new(b, 2 * dz)  # [mu, log sigma^2]
+        self.draw = new(b, 2 * dz)
+        self.sigma = new(b, dz)
+        self.var = new(b, dz)
+        self.kl = new(b, dz)
+        self.eps = new(L, b, dz)
+        self.es = new(L, b, dz)  # eps sigma
+        self.z = new(L, b, dz)
+        self.dz = new(n, dz)
+        self.dec_h = [new(n, w.shape[0]) for w, _ in step.dec]
+        self.dec_dh = [new(n, w.shape[0]) for w, _ in step.dec]
+        d = step.out[0].shape[0]
+        self.a = new(n, d)  # the logits
+        self.s = new(n, d)  # sigmoid(a), then sigmoid(a) - x
+        self.t = new(n, d)
+        self.z_flat = self.z.view(n, dz)
+        self.a_flat, self.a_rows = self.a.view(-1), self.a.view(L, b * d)
+        self.s_t, self.draw_t = self.s.t(), self.draw.t()
+        self.enc_dh_t = [g.t() for g in self.enc_dh]
+        self.dec_dh_t = [g.t() for g in self.dec_dh]
+        self.r = torch.tensor(1.0 / n, dtype=step.dtype, device=step.device)  # d loss / d rec term: 1 / (M L)
+        self.s_3d = self.s.view(L, b, d)
+        self.t_groups = self.t.view(-1, step.group) if step.group else self.t
+        self.kv = new(b, dz)
+        # for the KL weight w: (w, C, c, -w / (2 M), w / (2 M)) with (loss, elbo sum) = C parts + c, parts = (sum x a,
+        # sum max(a, 0), sum log sigmoid(|a|), sum sigma^2 + mu^2 - log sigma^2)
+        self.weights: tuple | None = None
+
+
+class FusedStep:
+    """One training step of `objective`'s model without autograd: `step(xs, samples_seen) -> (loss, elbo_sum)`.
+
+    The same return values as `Objective.forward` (the loss -mean ELBO per datapoint, or with a KL weight w
+    w KL - rec averaged over the minibatch, and the summed per-datapoint ELBO), with every parameter's `.grad` set to
+    the gradient of that loss (views of one buffer owned by the step, overwritten at the next one). The parameters
+    are read through views made once, so loading a state dict or a checkpoint into the model (which copies into
+    them) needs nothing more. Check coverage with `uncovered` first.
+    """
+
+    def __init__(self, objective):
+        model = objective.model
+        self.objective, self.model = objective, model
+        self.streams = objective.streams
+        self.num_samples = objective.num_samples
+        self.dz = model.config.latent_dim
+        enc, dec = _layers(model.encoder), _layers(model.decoder)
+        modules = [*enc, model.enc_head, *dec, model.dec_head.out]
+        self.params = [p for m in modules for p in (m.weight, m.bias)]
+        if len(self.params) != len(list(model.parameters())):
+            raise ValueError("the model has parameters the fused step does not know")
+        first = self.params[0]
+        self.dtype, self.device = first.dtype, first.device
+        pair = lambda lin: (lin.weight.detach(), lin.bias.detach())  # noqa: E731
+        self.enc, self.head = [pair(m) for m in enc], pair(model.enc_head)
+        self.dec, self.out = [pair(m) for m in dec], pair(model.dec_head.out)
+        # the weights transposed, as the forward products take them (views, made once)
+        self.enc_t = [w.t() for w, _ in self.enc]
+        self.dec_t = [w.t() for w, _ in self.dec]
+        self.head_t, self.out_t = self.head[0].t(), self.out[0].t()
+        # every gradient is a view of one flat buffer: one pass gives the gradient norm
+        self.flat = torch.empty(sum(p.numel() for p in self.params), dtype=self.dtype, device=self.device)
+        self.grads, at = [], 0
+        for p in self.params:
+            self.grads.append(self.flat[at:at + p.numel()].view(p.shape))
+            at += p.numel()
+        g = iter(self.grads)
+        self.enc_g = [(next(g), next(g)) for _ in self.enc]
+        self.head_g = (next(g), next(g))
+        self.dec_g = [(next(g), next(g)) for _ in self.dec]
+        self.out_g = (next(g), next(g))
+        self.group = _group(self.out[0].shape[0])
+        act = model.config.activation
+        # tanh(u) = 2 sigmoid(2 u) - 1: the products deliver 2 u (alpha = beta = 2) and sigmoid is cheaper than tanh
+        self.scale = 2.0 if act == "tanh" else 1.0
+        self.act_forward = {"tanh": self._tanh, "relu": self._relu, "elu": self._elu}[act]
+        self.act_backward = {"tanh": self._tanh_backward, "relu": self._relu_backward,
+                             "elu": self._elu_backward}[act]
+        # 0-dim constants: an in-place op with a Python number converts it to a tensor at every call
+        const = lambda v: torch.tensor(v, dtype=self.dtype, device=self.device)  # noqa: E731
+        self.minus_one, self.one, self.half = const(-1.0), const(1.0), const(0.5)
+        self.buffers: _Buffers | None = None
+
+    # -- activations: forward in place on (scale x) the pre-activation, backward in place on the gradient ----------
+    def _tanh(self, h: torch.Tensor) -> None:
+        torch.add(self.minus_one, torch.sigmoid(h, out=h), alpha=2, out=h)  # 2 s - 1
+
+    @staticmethod
+    def _relu(h: torch.Tensor) -> None:
+        h.clamp_(min=0)
+
+    @staticmethod
+    def _elu(h: torch.Tensor) -> None:
+        torch.nn.functional.elu_(h)
+
+    @staticmethod
+    def _tanh_backward(dh: torch.Tensor, h: torch.Tensor) -> None:
+        torch.ops.aten.tanh_backward.grad_input(dh, h, grad_input=dh)
+
+    @staticmethod
+    def _relu_backward(dh: torch.Tensor, h: torch.Tensor) -> None:
+        torch.ops.aten.threshold_backward.grad_input(dh, h, 0, grad_input=dh)
+
+    @staticmethod
+    def _elu_backward(dh: torch.Tensor, h: torch.Tensor) -> None:
+        torch.ops.aten.elu_backward.grad_input(dh, 1.0, 1.0, 1.0, True, h, grad_input=dh)
+
+    def grad_norm(self) -> torch.Tensor:
+        """The 2-norm of all gradients of the last step, from one dot product over the flat buffer."""
+        return torch.dot(self.flat, self.flat).sqrt_()
+
+    def _weights(self, buf: _Buffers, w: float) -> tuple:
+        """The constants that depend on the KL weight w (made again when w changes)."""
+        if buf.weights is None or buf.weights[0] != w:
+            b, L, dz = buf.b, self.num_samples, self.dz
+            # rec = parts[0] - parts[1] + parts[2] (summed over the L samples), KL = (parts[3] - M Nz) / 2
+            rows = [[-1 / (L * b), 1 / (L * b), -1 / (L * b), 0.5 * w / b], [1 / L, -1 / L, 1 / L, -0.5]]
+            consts = [-0.5 * w * dz, 0.5 * b * dz]
+            new = lambda v: torch.tensor(v, dtype=self.dtype, device=self.device)  # noqa: E731
+            buf.weights = (w, new(rows), new(consts), new(-0.5 * w / b), new(0.5 * w / b))
+        return buf.weights
+
+    def __call__(self, xs: list[torch.Tensor], samples_seen: int = 0):
+        if len(xs) != 1:
+            raise ValueError("the fused step takes one shard")
+        x = xs[0]
+        self.streams.use(0)
+        o = self.objective
+        w_kl = kl_weight(o.beta, o.kl_warmup, samples_seen)
+        bsz = x.shape[0]
+        buf = self.buffers
+        if buf is None or buf.b != bsz:
+            buf = self.buffers = _Buffers(self, bsz)
+        L, dz, n, k2 = self.num_samples, self.dz, buf.n, self.scale
+        act, act_backward = self.act_forward, self.act_backward
+
+        # -- forward: encoder, q(z|x) = N(mu, sigma^2), z = mu + eps sigma --------------------------------------
+        h = x
+        for (_, b), wt, out in zip(self.enc, self.enc_t, buf.enc_h):
+            torch.addmm(b, h, wt, beta=k2, alpha=k2, out=out)
+            act(out)
+            h = out
+        raw = buf.raw
+        torch.addmm(self.head[1], h, self.head_t, out=raw)
+        mu, lv = raw[:, :dz], raw[:, dz:]
+        torch.mul(lv, self.half, out=buf.sigma).exp_()
+        torch.exp(lv, out=buf.var)
+        buf.eps.normal_()  # Normal.rsample's draw: the same shape from the same generator
+        torch.mul(buf.eps, buf.sigma, out=buf.es)
+        torch.add(buf.es, mu, out=buf.z)
+
+        # -- decoder and the Bernoulli logits a ------------------------------------------------------------------
+        h = buf.z_flat
+        for (_, b), wt, out in zip(self.dec, self.dec_t, buf.dec_h):
+            torch.addmm(b, h, wt, beta=k2, alpha=k2, out=out)
+            act(out)
+            h = out
+        a, s, t = buf.a, buf.s, buf.t
+        torch.addmm(self.out[1], h, self.out_t, out=a)
+
+        # -- the bound: rec = sum x a - softplus(a), softplus(a) = max(a, 0) - log sigmoid(|a|); the KL of Appendix B
+        torch.sigmoid(a, out=s)
+        x_flat = x.view(-1)
+        xa = torch.dot(buf.a_flat, x_flat) if L == 1 else torch.mv(buf.a_rows, x_flat).sum()
+        torch.maximum(s, torch.sub(self.one, s, out=t), out=t)  # sigmoid(|a|), in [1/2, 1)
+        if self.group is not None:  # a log per product of `group` factors instead of one per logit
+            log_sig = buf.t_groups.prod(-1).log_().sum()
+        else:
+            log_sig = t.log_().sum()
+        relu = torch.clamp(a, min=0, out=t).sum()
+        kl3 = torch.addcmul(buf.var, mu, mu, out=buf.kl).sub_(lv).sum()
+        _, weights, consts, neg_half_c, half_c = self._weights(buf, w_kl)
+        res = torch.addmv(consts, weights, torch.stack((xa, relu, log_sig, kl3)))
+
+        # -- backward: d loss / d a = (sigmoid(a) - x) / (M L), the 1/(M L) carried by the products' alpha ------
+        r = 1.0 / n
+        buf.s_3d.sub_(x)
+        gw, gb = self.out_g
+        torch.addmm(gw, buf.s_t, h, beta=0, alpha=r, out=gw)
+        torch.sum(s, 0, out=gb).mul_(buf.r)
+        dnext, wnext, scale = s, self.out[0], r
+        for k in range(len(self.dec) - 1, -1, -1):
+            dh, hk = buf.dec_dh[k], buf.dec_h[k]
+            torch.addmm(dh, dnext, wnext, beta=0, alpha=scale, out=dh)
+            act_backward(dh, hk)
+            gw, gb = self.dec_g[k]
+            torch.mm(buf.dec_dh_t[k], buf.dec_h[k - 1] if k else buf.z_flat, out=gw)
+            torch.sum(dh, 0, out=gb)
+            dnext, wnext, scale = dh, self.dec[k][0], 1.0
+        dzb = buf.dz
+        torch.addmm(dzb, dnext, wnext, beta=0, alpha=scale, out=dzb)
+
+        # -- q(z|x): d mu = sum_l dz_l + w mu / M, d lv = (sum_l dz_l eps_l sigma + w (sigma^2 - 1) / M) / 2 ----
+        dmu, dlv = buf.draw[:, :dz], buf.draw[:, dz:]
+        torch.addcmul(neg_half_c, buf.var, half_c, out=buf.kv)  # w (sigma^2 - 1) / (2 M)
+        if L == 1:
+            torch.add(dzb, mu, alpha=w_kl / bsz, out=dmu)
+            torch.addcmul(buf.kv, dzb, buf.es[0], value=0.5, out=dlv)
+        else:
+            dzv = dzb.view(L, bsz, dz)
+            torch.sum(dzv, 0, out=dmu).add_(mu, alpha=w_kl / bsz)
+            torch.sum(dzv.mul_(buf.es), 0, out=dlv)
+            torch.add(buf.kv, dlv, alpha=0.5, out=dlv)
+        gw, gb = self.head_g
+        torch.mm(buf.draw_t, buf.enc_h[-1] if self.enc else x, out=gw)
+        torch.sum(buf.draw, 0, out=gb)
+        dnext, wnext = buf.draw, self.head[0]
+        for k in range(len(self.enc) - 1, -1, -1):  # no input gradient for the first layer
+            dh = buf.enc_dh[k]
+            torch.mm(dnext, wnext, out=dh)
+            act_backward(dh, buf.enc_h[k])
+            gw, gb = self.enc_g[k]
+            torch.mm(buf.enc_dh_t[k], buf.enc_h[k - 1] if k else x, out=gw)
+            torch.sum(dh, 0, out=gb)
+            dnext, wnext = dh, self.enc[k][0]
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+        return res[0], res[1]

@@ -1,0 +1,213 @@
+"""The fused training step (aevb.train.fused): the same loss, ELBO and gradients as autograd, the same training run,
+and the choice between the two paths (`--step`)."""
+import json
+
+import pytest
+import torch
+
+from aevb import VAE, ModelConfig, TrainConfig, fit
+from aevb.cli import main
+from aevb.data import load
+from aevb.estimators import ESTIMATORS
+from aevb.train import Trainer
+from aevb.train.fused import FusedStep, resolve_step, uncovered
+from aevb.train.streams import Objective, Streams
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load("digits")
+
+
+def _model(activation="tanh", hidden=(32,), latent=5, x_dim=64, seed=1, **kw):
+    torch.manual_seed(seed)
+    return VAE(ModelConfig(x_dim=x_dim, latent_dim=latent, hidden=hidden, activation=activation, **kw))
+
+
+def _both(model, x, num_samples, beta=1.0, kl_warmup=0, samples_seen=0):
+    """(loss, elbo, grads) of autograd's Objective + backward and of the fused step, from the same noise."""
+    streams = Streams([0], 7, x.device)
+    objective = Objective(model, ESTIMATORS["sgvb_b"], streams, num_samples, "standard", beta=beta,
+                          kl_warmup=kl_warmup)
+    state = torch.get_rng_state()
+    model.zero_grad(set_to_none=True)
+    loss, elbo = objective([x], samples_seen)
+    loss.backward()
+    reference = (loss.detach(), elbo, [p.grad.clone() for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    torch.set_rng_state(state)  # the fused step draws the same eps
+    loss, elbo = FusedStep(objective)([x], samples_seen)
+    return reference, (loss, elbo, [p.grad.clone() for p in model.parameters()])
+
+
+def _close(a, b, rtol=1e-5):
+    torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.abs().max()) + 1e-12)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+@pytest.mark.parametrize("hidden", [(32,), (32, 24)])
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_gradients_equal_autograd(activation, hidden, num_samples):
+    model = _model(activation, hidden)
+    x = torch.rand(16, 64)  # grey levels: the paper's cross-entropy
+    (loss, elbo, grads), (f_loss, f_elbo, f_grads) = _both(model, x, num_samples)
+    _close(f_loss, loss)
+    _close(f_elbo, elbo)
+    names = [n for n, _ in model.named_parameters()]
+    assert len(f_grads) == len(grads) == len(names)
+    for name, g, ref in zip(names, f_grads, grads):
+        assert g.shape == ref.shape, name
+        _close(g, ref)
+
+
+def test_binary_data_no_hidden_layers_and_the_paper_init():
+    model = _model("tanh", (), init="paper")
+    x = torch.bernoulli(torch.rand(10, 64))
+    (loss, elbo, grads), (f_loss, f_elbo, f_grads) = _both(model, x, 2)
+    _close(f_loss, loss)
+    _close(f_elbo, elbo)
+    for g, ref in zip(f_grads, grads):
+        _close(g, ref)
+
+
+@pytest.mark.parametrize("beta, kl_warmup, seen", [(0.5, 0, 0), (1.0, 1000, 250), (2.0, 1000, 0)])
+def test_kl_weight_changes_the_loss_not_the_elbo(beta, kl_warmup, seen):
+    model = _model("relu", (32,))
+    x = torch.rand(12, 64)
+    (loss, elbo, grads), (f_loss, f_elbo, f_grads) = _both(model, x, 1, beta, kl_warmup, seen)
+    _close(f_loss, loss)
+    _close(f_elbo, elbo)
+    for g, ref in zip(f_grads, grads):
+        _close(g, ref)
+
+
+def test_saturated_logits_give_a_finite_exact_bound():
+    """softplus(a) is taken as max(a, 0) - log sigmoid(|a|): no overflow or log(0) for logits of +-100."""
+    model = _model("tanh", (16,))
+    with torch.no_grad():
+        model.dec_head.out.bias.copy_(torch.linspace(-100, 100, 64))
+    x = torch.rand(8, 64)
+    (loss, elbo, _), (f_loss, f_elbo, f_grads) = _both(model, x, 1)
+    assert torch.isfinite(f_loss) and all(torch.isfinite(g).all() for g in f_grads)
+    _close(f_elbo, elbo)
+    _close(f_loss, loss)
+
+
+def _trainer_history(digits, step, **kw):
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(x_dim=64, latent_dim=3, hidden=(24,), activation=kw.pop("activation", "tanh")))
+    cfg = TrainConfig(**{**dict(optimizer="adam", lr=3e-3, samples=3000, batch_size=50, seed=5, step=step), **kw})
+    trainer = Trainer(model, digits.train, digits.test, cfg, None, progress=False)
+    assert trainer.step_path == step
+    return trainer.run(), model
+
+
+@pytest.mark.parametrize("kw", [
+    dict(),
+    dict(optimizer="adagrad", lr=0.02, warmup_steps=5, weight_decay="prior", replacement=True, schedule="constant",
+         binarize="dynamic", activation="relu", num_samples=2),
+    dict(ema=0.99, kl_warmup=1000, beta=0.8, activation="elu"),
+])
+def test_training_runs_agree(digits, kw):
+    """The same run on both paths: every logged metric (not wall-clock time) within 1e-4 relative."""
+    fused, m_fused = _trainer_history(digits, "fused", **dict(kw))
+    auto, m_auto = _trainer_history(digits, "autograd", **dict(kw))
+    assert len(fused) == len(auto)
+    for a, b in zip(fused, auto):
+        for key, value in b.items():
+            if key != "seconds" and isinstance(value, float):
+                assert a[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    for p, q in zip(m_fused.parameters(), m_auto.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("model_kw, cfg_kw, why", [
+    (dict(prior="vamp"), dict(), "prior vamp"),
+    (dict(), dict(estimator="iwae"), "estimator iwae"),
+    (dict(), dict(gradient="stl"), "gradient stl"),
+    (dict(), dict(free_bits=0.1), "free bits"),
+    (dict(), dict(compile=True), "--compile"),
+    (dict(), dict(shards=2), "shard"),
+    (dict(activation="gelu"), dict(), "activation gelu"),
+    (dict(likelihood="gaussian"), dict(), "likelihood gaussian"),
+    (dict(posterior="laplace"), dict(), "posterior laplace"),
+    (dict(flow="planar"), dict(), "flow"),
+])
+def test_auto_takes_autograd_where_fused_does_not_cover(model_kw, cfg_kw, why):
+    model = _model(**model_kw)
+    cfg = TrainConfig(samples=100, **cfg_kw)
+    assert why in uncovered(model, cfg)
+    assert resolve_step(cfg, model) == "autograd"
+    assert resolve_step(TrainConfig(samples=100, step="autograd", **cfg_kw), model) == "autograd"
+    with pytest.raises(ValueError, match="--step fused does not cover") as e:
+        resolve_step(TrainConfig(samples=100, step="fused", **cfg_kw), model)
+    assert "\n" not in str(e.value)
+
+
+def test_covered_config_takes_fused_and_more_processes_do_not():
+    model, cfg = _model(), TrainConfig(samples=100)
+    assert uncovered(model, cfg) is None
+    assert resolve_step(cfg, model) == "fused"
+    assert resolve_step(cfg, model, world_size=2) == "autograd"
+    assert resolve_step(TrainConfig(samples=100, step="autograd"), model) == "autograd"
+
+
+def test_replacing_the_estimator_leaves_the_fused_step(digits):
+    """Full VB (and anyone else) assigns trainer.estimator; the trainer then runs it through autograd."""
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(x_dim=64, latent_dim=3, hidden=(16,)))
+    trainer = Trainer(model, digits.train, digits.test, TrainConfig(samples=200, batch_size=50), None, progress=False)
+    assert trainer.step_path == "fused"
+    calls = []
+
+    def estimator(model, x, **kw):
+        calls.append(x.shape[0])
+        return ESTIMATORS["sgvb_b"](model, x, **kw)
+
+    trainer.estimator = estimator
+    assert trainer.step_path == "autograd" and trainer.fused is None
+    trainer.train_steps(2)
+    assert calls == [50, 50]
+
+
+def test_fit_with_a_run_folder_and_resume_on_the_fused_step(tmp_path, digits):
+    torch.manual_seed(0)
+    cfg = TrainConfig(samples=2000, batch_size=50, step="fused")
+    history = fit(VAE(ModelConfig(x_dim=64, latent_dim=3, hidden=(16,))), digits.train, digits.test, cfg,
+                  tmp_path / "run", progress=False)
+    again = fit(VAE(ModelConfig(x_dim=64, latent_dim=3, hidden=(16,))), digits.train, digits.test, cfg,
+                tmp_path / "run", progress=False, resume=True)
+    assert history[-1]["test_elbo"] == again[-1]["test_elbo"]
+
+
+def _train(tmp_path, name, *flags):
+    return main(["train", "--dataset", "digits", "--latent-dim", "3", "--hidden", "16", "--samples", "500",
+                 "--out", str(tmp_path / name), "--no-progress", *flags])
+
+
+def test_cli_records_the_step_in_config_json(tmp_path, capsys):
+    assert _train(tmp_path, "plain") == 0
+    out = capsys.readouterr().out
+    assert out.count("aevb: step auto -> fused") == 1
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["train"]["step"] == "fused"
+    assert _train(tmp_path, "vamp", "--prior", "vamp") == 0
+    out = capsys.readouterr().out
+    assert "aevb: step auto -> autograd (the fused step does not cover prior vamp" in out
+    assert json.loads((tmp_path / "vamp" / "config.json").read_text())["train"]["step"] == "autograd"
+    assert _train(tmp_path, "asked", "--step", "autograd") == 0
+    assert "step auto" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "asked" / "config.json").read_text())["train"]["step"] == "autograd"
+    assert main(["train", "--resume", str(tmp_path / "plain"), "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("flags, what", [
+    (["--estimator", "iwae"], "estimator iwae"),
+    (["--gradient", "stl"], "gradient stl"),
+    (["--prior", "vamp"], "prior vamp"),
+    (["--free-bits", "0.5"], "free bits"),
+])
+def test_cli_step_fused_on_an_uncovered_config_exits_2(tmp_path, capsys, flags, what):
+    assert _train(tmp_path, "x", "--step", "fused", *flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("aevb: error: --step fused does not cover") and what in err
+    assert not (tmp_path / "x").exists()

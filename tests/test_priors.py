@@ -53,6 +53,30 @@ def test_mixture_prior_density_is_the_explicit_sum_over_components():
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in mp.parameters())
 
 
+def test_float32_mixture_density_near_narrow_components_keeps_its_digits():
+    """z within 0.01 of far-off means (|m| up to 20) with scales down to 0.02, the regime where the expanded squared
+    distance cancels: the float32 density and its gradients against scipy and a float64 autograd reference."""
+    from aevb.models.priors import mixture
+
+    g = torch.Generator().manual_seed(3)
+    k, d = 50, 6
+    loc = 20 * torch.rand(k, d, generator=g) - 10
+    scale = 0.02 + torch.rand(k, d, generator=g)
+    logits = torch.randn(k, generator=g)
+    z = (loc[:8] + 0.01 * torch.randn(4, 8, d, generator=g)).requires_grad_()
+    lp = mixture(logits, loc, scale).log_prob(z)
+    assert lp.dtype == torch.float32 and lp.shape == (4, 8)
+    expected = _scipy_mixture(z.detach().double().numpy(), torch.log_softmax(logits.double(), 0).numpy(),
+                              loc.double().numpy(), scale.double().pow(2).numpy())
+    np.testing.assert_allclose(lp.detach().numpy(), expected, rtol=0, atol=2e-4)  # float32 of values near 30
+    z64 = z.detach().double().requires_grad_()
+    direct = torch.logsumexp(torch.distributions.Normal(loc.double(), scale.double()).log_prob(z64[..., None, :])
+                             .sum(-1) + torch.log_softmax(logits.double(), 0), -1)
+    (grad,) = torch.autograd.grad(lp.sum(), z)
+    (grad64,) = torch.autograd.grad(direct.sum(), z64)
+    np.testing.assert_allclose(grad.numpy(), grad64.numpy(), rtol=1e-5, atol=1e-3)
+
+
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
 def test_vamp_prior_is_the_encoders_posteriors_at_the_pseudo_inputs(arch):
     torch.manual_seed(0)

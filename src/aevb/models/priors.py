@@ -15,6 +15,8 @@ so a model with one of them trains with estimator A's Monte Carlo KL.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal, constraints
@@ -33,6 +35,25 @@ class GaussianMixture(MixtureSameFamily):
     @property
     def support(self):
         return self.component_distribution.support
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log sum_k pi_k N(value; m_k, diag s_k^2), (...,) for value (..., Dz), as one (..., 2 Dz + 1) x
+        (2 Dz + 1, K) matrix product and a logsumexp, instead of torch's (..., K, Dz) differences.
+
+        The exponent -(z - m_k)^2 / 2 s_k^2 is expanded as z^2 . (-s^-2 / 2) + z . (m s^-2) - m^2 . s^-2 / 2, with
+        the weights and normalizers in the constant column. The expansion cancels when z is near m_k, so it is
+        formed in float64 (a float32 expansion would lose digits in proportion to s^-2) and the result returned in
+        value's dtype.
+        """
+        base = self.component_distribution.base_dist
+        loc, scale = base.loc.double(), base.scale.double()  # (K, Dz)
+        precision = scale.pow(-2)
+        constant = (torch.log_softmax(self.mixture_distribution.logits.double(), -1) - scale.log().sum(-1)
+                    - 0.5 * (loc * loc * precision).sum(-1) - 0.5 * loc.shape[-1] * math.log(2 * math.pi))
+        weights = torch.cat([-0.5 * precision.T, (loc * precision).T, constant[None]])  # (2 Dz + 1, K)
+        z = value.double()
+        features = torch.cat([z * z, z, torch.ones_like(z[..., :1])], -1)  # (..., 2 Dz + 1)
+        return torch.logsumexp(features @ weights, -1).to(value.dtype)
 
 
 def mixture(logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> Distribution:

@@ -1,16 +1,19 @@
 """Training throughput of aevb against a pytorch/examples-style loop and the machine's matmul roofline.
 
-Measures in one process, interleaved so that machine noise hits every contender alike:
+Measures in one process, for each thread count of --threads (default 1 and 2), interleaved so that machine noise
+hits every contender alike:
   (a) samples/s of aevb's trainer for the paper's MNIST model (784-500-tanh-20, M=100, Adagrad) and for
-      pytorch/examples' model (784-400-ReLU-20, Adam, M=128);
+      pytorch/examples' model (784-400-ReLU-20, Adam, M=128), on each training step: the fused step
+      (aevb.train.fused, `--step fused`) and autograd (`--step autograd`);
   (b) the same two models trained by a reference loop written the way pytorch/examples/vae is (per-sample
       Dataset that, like torchvision's MNIST with ToTensor, makes a PIL image per item; shuffling DataLoader;
       sigmoid then BCE on probabilities; .item() every step);
-  (a') aevb with --compile (torch.compile of the estimator), after its compilation;
-  (c) the float32 matmul roofline of this machine turned into samples/s from each model's FLOPs per datapoint;
-and, to explain any gap to the roofline, the samples/s of the step's matrix products alone at the model's real
-shapes; and peak resident memory of a real `aevb train` run on MNIST (a subprocess).
-Prints one JSON summary with the ratios. Usage: python benchmarks/throughput.py --data-dir ../shared/data
+  (a') aevb with --compile (torch.compile of the estimator, autograd step), after its compilation;
+  (c) the ceiling: the samples/s of the step's matrix products alone at the model's real shapes (`gemm_only`),
+      and the float32 matmul roofline of this machine turned into samples/s from each model's FLOPs per datapoint;
+and the cost of the trainer's minibatch (index, and dynamic binarization's torch.bernoulli), and peak resident
+memory of a real `aevb train` run on MNIST (a subprocess). Prints a table and one JSON summary with the ratios.
+Usage: python benchmarks/throughput.py --data-dir ../shared/data [--threads 1,2] [--no-compile]
 """
 from __future__ import annotations
 
@@ -83,16 +86,18 @@ def gemm_only(spec: dict, seconds: float = 2.0) -> float:
     return n * m / (time.perf_counter() - t)
 
 
-# -- aevb -----------------------------------------------------------------------------------------------------
-def aevb_trainer(x: torch.Tensor, spec: dict, compile: bool = False) -> Trainer:
+# -- aevb ---------------------------------------------------------------------------------------------------------
+def aevb_trainer(x: torch.Tensor, spec: dict, compile: bool = False, step: str = "auto") -> Trainer:
     torch.manual_seed(0)
     init = "paper" if spec["optimizer"] == "adagrad" else "torch"
     model = VAE(ModelConfig(784, 20, (spec["hidden"],), spec["activation"], "bernoulli", init))
     cfg = TrainConfig(optimizer=spec["optimizer"], lr=spec["lr"], batch_size=spec["batch"], schedule="constant",
                       warmup_steps=100 if spec["optimizer"] == "adagrad" else 0,
                       weight_decay="prior" if spec["optimizer"] == "adagrad" else 0.0,
-                      replacement=spec["optimizer"] == "adagrad", samples=10**9, compile=compile)
-    return Trainer(model, x, x[:1000], cfg, run_dir=None, progress=False)
+                      replacement=spec["optimizer"] == "adagrad", samples=10**9, compile=compile, step=step)
+    trainer = Trainer(model, x, x[:1000], cfg, run_dir=None, progress=False)
+    assert step == "auto" or trainer.step_path == step
+    return trainer
 
 
 def time_aevb(trainer: Trainer, steps: int) -> float:
@@ -100,6 +105,52 @@ def time_aevb(trainer: Trainer, steps: int) -> float:
     t = time.perf_counter()
     float(trainer.train_steps(steps))  # one sync at the end, as in real training
     return steps * trainer.cfg.batch_size / (time.perf_counter() - t)
+
+
+def step_parts(trainer: Trainer, reps: int = 30) -> dict:
+    """Microseconds per step of the parts of a fused-step trainer's step, each timed alone in a loop (best of five
+    loops): the fused forward and backward, the optimizer's update, the gradient norm of the non-finite guard and the
+    minibatch gather; with the matrix products alone at the model's shapes for comparison."""
+    xs = trainer._minibatch()
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            times.append((time.perf_counter() - t) / reps * 1e6)
+        return round(min(times), 1)
+
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = 0.0  # the update's cost without moving the model
+    parts = {"fused_step_us": best(lambda: trainer.fused(xs, trainer.samples_seen)),
+             "optimizer_us": best(trainer.optimizer.step), "grad_norm_us": best(trainer._grad_norm),
+             "minibatch_us": best(trainer._minibatch)}
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = lr
+    return parts
+
+
+def minibatch_costs(x: torch.Tensor, spec: dict, reps: int = 200) -> dict:
+    """Microseconds per minibatch of the trainer's gather from the resident data set, and of dynamic binarization's
+    torch.bernoulli on top of it (part of the trainer's minibatch, not of the step)."""
+    out = {}
+    for binarize in ("none", "dynamic"):
+        torch.manual_seed(0)
+        model = VAE(ModelConfig(784, 20, (spec["hidden"],), spec["activation"], "bernoulli"))
+        cfg = TrainConfig(batch_size=spec["batch"], samples=10**9, binarize=binarize,
+                          replacement=spec["optimizer"] == "adagrad")
+        trainer = Trainer(model, x, x[:100], cfg, run_dir=None, progress=False)
+        for _ in range(10):
+            trainer._minibatch()
+        t = time.perf_counter()
+        for _ in range(reps):
+            trainer._minibatch()
+        out[binarize] = (time.perf_counter() - t) / reps * 1e6
+    return {"minibatch_us": round(out["none"], 1), "bernoulli_us": round(out["dynamic"] - out["none"], 1)}
 
 
 # -- the reference loop, written the way pytorch/examples/vae/main.py is ---------------------------------------------
@@ -185,62 +236,110 @@ def peak_rss_of_train(data_dir: str) -> float:
     return int(proc.stderr.strip().splitlines()[-1]) / 2**20  # KiB
 
 
+def measure(ds, images_uint8, spec: dict, args, compiled) -> dict:
+    """The contenders for one model at the current thread count, interleaved over args.rounds rounds."""
+    fused, autograd = aevb_trainer(ds.train, spec, step="fused"), aevb_trainer(ds.train, spec, step="autograd")
+    ref = reference_loop(images_uint8, spec)
+    for trainer in (fused, autograd):
+        time_aevb(trainer, 150)  # warm-up (includes the paper's 100 accumulate-only minibatches)
+    if compiled is not None:
+        time_aevb(compiled, 20)
+    ref(20)
+    steps_f = max(50, int(args.seconds * time_aevb(fused, 100) / spec["batch"]))
+    steps_a = max(50, int(args.seconds * time_aevb(autograd, 100) / spec["batch"]))
+    steps_r = max(20, int(args.seconds * ref(30) / spec["batch"]))
+    f, a, c, r, roof, gemm = [], [], [], [], [], []
+    for _ in range(args.rounds):
+        f.append(time_aevb(fused, steps_f))
+        a.append(time_aevb(autograd, steps_a))
+        if compiled is not None:
+            c.append(time_aevb(compiled, steps_a))
+        r.append(ref(steps_r))
+        roof.append(matmul_roofline(reps=5))
+        gemm.append(gemm_only(spec))
+    parts = step_parts(fused)
+    gemm_us = spec["batch"] / max(gemm) * 1e6  # the best round
+    parts["gemm_only_us"] = round(gemm_us, 1)
+    med = statistics.median
+    flops = flops_per_datapoint(784, spec["hidden"], 20)
+    roofline = med(roof) / flops
+    out = {
+        "fused_samples_per_s": round(med(f)),
+        "autograd_samples_per_s": round(med(a)),
+        "reference_samples_per_s": round(med(r)),
+        "gemm_only_samples_per_s": round(med(gemm)),
+        "fused_fraction_of_gemm_only": round(med(f) / med(gemm), 3),
+        "autograd_fraction_of_gemm_only": round(med(a) / med(gemm), 3),
+        # the best round of each: closest to an unloaded machine when other jobs share the cores
+        "fused_fraction_of_gemm_only_best": round(max(f) / max(gemm), 3),
+        "autograd_fraction_of_gemm_only_best": round(max(a) / max(gemm), 3),
+        "fused_speedup_vs_reference": round(med(f) / med(r), 2),
+        "autograd_speedup_vs_reference": round(med(a) / med(r), 2),
+        "fused_speedup_vs_autograd": round(med(f) / med(a), 2),
+        "roofline_samples_per_s": round(roofline),
+        "fused_fraction_of_roofline": round(med(f) / roofline, 3),
+        "flops_per_datapoint": flops,
+        "fused_step_parts": parts,
+        "rounds": {"fused": [round(v) for v in f], "autograd": [round(v) for v in a],
+                   "gemm_only": [round(v) for v in gemm], "reference": [round(v) for v in r]},
+    }
+    if c:
+        out.update({"compiled_samples_per_s": round(med(c)),
+                    "compiled_speedup_vs_reference": round(med(c) / med(r), 2),
+                    "compiled_fraction_of_gemm_only": round(med(c) / med(gemm), 3)})
+    return out
+
+
+def table(results: dict) -> str:
+    head = ("threads", "model", "fused", "autograd", "reference", "matmuls only", "fused/ceiling",
+            "autograd/ceiling", "fused vs reference", "fused vs autograd")
+    rows = [head]
+    for threads, models in results.items():
+        for name, m in models.items():
+            rows.append((str(threads), name, f"{m['fused_samples_per_s']:,}", f"{m['autograd_samples_per_s']:,}",
+                         f"{m['reference_samples_per_s']:,}", f"{m['gemm_only_samples_per_s']:,}",
+                         f"{m['fused_fraction_of_gemm_only']:.3f}", f"{m['autograd_fraction_of_gemm_only']:.3f}",
+                         f"{m['fused_speedup_vs_reference']:.2f}x", f"{m['fused_speedup_vs_autograd']:.2f}x"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seconds", type=float, default=4.0, help="rough time per measurement")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts, each measured in turn")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated models to measure")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile contender")
+    p.add_argument("--no-rss", dest="rss", action="store_false", help="skip the peak-memory run")
     args = p.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    models = {name: MODELS[name] for name in args.models.split(",")}
 
     ds = load("mnist", split="standard", data_dir=args.data_dir)
     images_uint8 = (ds.train * 255).round().to(torch.uint8).reshape(-1, 28, 28).numpy()
-    peak = matmul_roofline()
-    results = {}
-    for name, spec in MODELS.items():
-        trainer, ref = aevb_trainer(ds.train, spec), reference_loop(images_uint8, spec)
-        compiled = aevb_trainer(ds.train, spec, compile=True) if args.compile else None
-        time_aevb(trainer, 150)  # warm-up (includes the paper's 100 accumulate-only minibatches)
-        if compiled is not None:
+    compiled, compile_seconds = {}, {}
+    if args.compile:  # compiled once per model; its kernels run with the thread count of each measurement
+        for name, spec in models.items():
+            compiled[name] = aevb_trainer(ds.train, spec, compile=True)
             t = time.perf_counter()
-            time_aevb(compiled, 150)
-            compile_seconds = time.perf_counter() - t
-        ref(20)
-        steps_a = max(50, int(args.seconds * time_aevb(trainer, 100) / spec["batch"]))
-        steps_r = max(20, int(args.seconds * ref(30) / spec["batch"]))
-        a, c, r, roof, gemm = [], [], [], [], []
-        for _ in range(args.rounds):
-            a.append(time_aevb(trainer, steps_a))
-            if compiled is not None:
-                c.append(time_aevb(compiled, steps_a))
-            r.append(ref(steps_r))
-            roof.append(matmul_roofline(reps=5))
-            gemm.append(gemm_only(spec))
-        flops = flops_per_datapoint(784, spec["hidden"], 20)
-        roofline = statistics.median(roof) / flops
-        results[name] = {
-            "aevb_samples_per_s": round(statistics.median(a)),
-            "reference_samples_per_s": round(statistics.median(r)),
-            "roofline_samples_per_s": round(roofline),
-            "flops_per_datapoint": flops,
-            "speedup_vs_reference": round(statistics.median(a) / statistics.median(r), 2),
-            "fraction_of_roofline": round(statistics.median(a) / roofline, 3),
-            "gemm_only_samples_per_s": round(statistics.median(gemm)),
-            "fraction_of_gemm_only": round(statistics.median(a) / statistics.median(gemm), 3),
-        }
-        if c:
-            best = statistics.median(c)
-            results[name].update({
-                "aevb_compiled_samples_per_s": round(best), "compile_seconds": round(compile_seconds, 1),
-                "compiled_speedup_vs_reference": round(best / statistics.median(r), 2),
-                "compiled_fraction_of_roofline": round(best / roofline, 3),
-            })
+            time_aevb(compiled[name], 150)
+            compile_seconds[name] = round(time.perf_counter() - t, 1)
+    results, peaks, batches = {}, {}, {}
+    for n in threads:
+        torch.set_num_threads(n)
+        peaks[n] = round(matmul_roofline() / 1e9, 1)
+        results[n] = {name: measure(ds, images_uint8, spec, args, compiled.get(name)) for name, spec in models.items()}
+        batches[n] = {name: minibatch_costs(ds.train, spec) for name, spec in models.items()}
     summary = {
-        "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "matmul_gflops": round(peak / 1e9, 1), "models": results,
-        "peak_rss_gib_aevb_train_mnist": round(peak_rss_of_train(args.data_dir or ""), 3) if args.data_dir else None,
-        "targets": {"speedup_vs_reference": 3.0, "fraction_of_roofline": 0.7, "peak_rss_gib": 1.0},
+        "device": "cpu", "torch": torch.__version__, "threads": threads,
+        "matmul_gflops": peaks, "models": results, "minibatch": batches, "compile_seconds": compile_seconds or None,
+        "peak_rss_gib_aevb_train_mnist": round(peak_rss_of_train(args.data_dir or ""), 3)
+        if args.data_dir and args.rss else None,
+        "targets": {"fused_fraction_of_gemm_only": 0.85, "speedup_vs_reference": 3.0, "peak_rss_gib": 1.0},
     }
+    print(table(results))
     print(json.dumps(summary, indent=2))
 
 

@@ -126,6 +126,9 @@ class _Buffers:
         self.a = new(n, d)  # the logits
         self.s = new(n, d)  # sigmoid(a), then sigmoid(a) - x
         self.t = new(n, d)
+        self.mu, self.lv = self.raw[:, :dz], self.raw[:, dz:]
+        self.dmu, self.dlv = self.draw[:, :dz], self.draw[:, dz:]
+        self.es0 = self.es[0]
         self.z_flat = self.z.view(n, dz)
         self.a_flat, self.a_rows = self.a.view(-1), self.a.view(L, b * d)
         self.s_t, self.draw_t = self.s.t(), self.draw.t()
@@ -254,7 +257,7 @@ class FusedStep:
             h = out
         raw = buf.raw
         torch.addmm(self.head[1], h, self.head_t, out=raw)
-        mu, lv = raw[:, :dz], raw[:, dz:]
+        mu, lv = buf.mu, buf.lv
         torch.mul(lv, self.half, out=buf.sigma).exp_()
         torch.exp(lv, out=buf.var)
         buf.eps.normal_()  # Normal.rsample's draw: the same shape from the same generator
@@ -303,11 +306,11 @@ class FusedStep:
         torch.addmm(dzb, dnext, wnext, beta=0, alpha=scale, out=dzb)
 
         # -- q(z|x): d mu = sum_l dz_l + w mu / M, d lv = (sum_l dz_l eps_l sigma + w (sigma^2 - 1) / M) / 2 ----
-        dmu, dlv = buf.draw[:, :dz], buf.draw[:, dz:]
+        dmu, dlv = buf.dmu, buf.dlv
         torch.addcmul(neg_half_c, buf.var, half_c, out=buf.kv)  # w (sigma^2 - 1) / (2 M)
         if L == 1:
             torch.add(dzb, mu, alpha=w_kl / bsz, out=dmu)
-            torch.addcmul(buf.kv, dzb, buf.es[0], value=0.5, out=dlv)
+            torch.addcmul(buf.kv, dzb, buf.es0, value=0.5, out=dlv)
         else:
             dzv = dzb.view(L, bsz, dz)
             torch.sum(dzv, 0, out=dmu).add_(mu, alpha=w_kl / bsz)

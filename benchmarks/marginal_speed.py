@@ -1,8 +1,12 @@
 """Speed and memory of importance-sampling log p(x) with K = 5,000 over the MNIST test set.
 
 The IWAE paper's one-layer architecture (784-200-200-50, tanh, Bernoulli), trained for a moment or loaded from a
-run folder: time for all 10,000 test images (or --limit N, extrapolated) and the process's peak resident memory.
-Prints one JSON object. Usage: python benchmarks/marginal_speed.py --data-dir ../shared/data [--run RUN] [--limit N]
+run folder: time for all 10,000 test images (or --limit N, extrapolated), the process's peak resident memory, and
+the fraction of the float32 roofline: the decoder's matrix-product FLOPs (2 x multiply-adds per importance sample,
+2.1e13 for K = 5,000 over the test set) over the seconds, against the machine's float32 matrix-product peak
+measured in the same process (a 2048 x 2048 product, best of 10). Prints one JSON object.
+
+    python benchmarks/marginal_speed.py --data-dir ../shared/data [--run RUN] [--limit N]
 
 With --compile the measured time includes torch.compile's one-time compilation.
 
@@ -28,6 +32,26 @@ from aevb.marginal.common import MAX_FLOATS
 from aevb.marginal import importance_sampling
 
 
+def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of the best of `reps` float32 n x n products on torch's current threads."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def decoder_flops(model) -> int:
+    """2 x the multiply-adds of one decoder pass (the Linear layers of an MLP model's decoder and likelihood head),
+    per importance sample."""
+    layers = [m for part in (model.decoder, model.dec_head) for m in part.modules() if isinstance(m, torch.nn.Linear)]
+    return 2 * sum(m.in_features * m.out_features for m in layers)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")
@@ -49,15 +73,19 @@ def main() -> None:
     if args.compare:
         compare(model, x[: args.compare], args.k, args.repeats)
         return
+    peak = matmul_peak()
     start = time.perf_counter()
     r = importance_sampling(model, x, num_samples=args.k, progress=True, seed=0, compile=args.compile)
     seconds = time.perf_counter() - start
     n = x.shape[0]
+    flops = decoder_flops(model) * args.k * n
     print(json.dumps({
         "k": args.k, "n": n, "compile": args.compile, "seconds": round(seconds, 1),
         "seconds_for_10000": round(seconds * 10_000 / n, 1), "target_seconds": 300,
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3), "target_rss_gib": 2.0,
         "log_likelihood": r["mean"], "threads": torch.get_num_threads(),
+        "decoder_flops": flops, "matmul_peak_gflops": round(peak / 1e9, 1),
+        "roofline_seconds": round(flops / peak, 1), "fraction_of_roofline": round(flops / peak / seconds, 3),
     }))
 
 

@@ -211,3 +211,11 @@ def test_cli_step_fused_on_an_uncovered_config_exits_2(tmp_path, capsys, flags, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("aevb: error: --step fused does not cover") and what in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_run_from_before_the_option_resumes_on_autograd():
+    """config.json without train.step: the run was trained through autograd and continues so, bit for bit."""
+    d = TrainConfig(samples=100).to_dict()
+    del d["step"]
+    assert TrainConfig.from_dict(d).step == "autograd"
+    assert TrainConfig.from_dict({**d, "step": "fused"}).step == "fused"

@@ -242,77 +242,86 @@ class FusedStep:
         self.streams.use(0)
         o = self.objective
         w_kl = kl_weight(o.beta, o.kl_warmup, samples_seen)
-        bsz = x.shape[0]
         buf = self.buffers
-        if buf is None or buf.b != bsz:
-            buf = self.buffers = _Buffers(self, bsz)
-        L, dz, n, k2 = self.num_samples, self.dz, buf.n, self.scale
-        act, act_backward = self.act_forward, self.act_backward
+        if buf is None or buf.b != x.shape[0]:
+            buf = self.buffers = _Buffers(self, x.shape[0])
+        h = self._forward(buf, x)
+        loss, elbo = self._bound(buf, x, w_kl)
+        self._backward(buf, x, h, w_kl)
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+        return loss, elbo
 
-        # -- forward: encoder, q(z|x) = N(mu, sigma^2), z = mu + eps sigma --------------------------------------
+    def _forward(self, buf: _Buffers, x: torch.Tensor) -> torch.Tensor:
+        """Encoder, q(z|x) = N(mu, sigma^2), z = mu + eps sigma, decoder and the logits a (in buf); returns the
+        decoder's last hidden layer (z without hidden layers)."""
+        act, k2 = self.act_forward, self.scale
         h = x
         for (_, b), wt, out in zip(self.enc, self.enc_t, buf.enc_h):
             torch.addmm(b, h, wt, beta=k2, alpha=k2, out=out)
             act(out)
             h = out
-        raw = buf.raw
-        torch.addmm(self.head[1], h, self.head_t, out=raw)
-        mu, lv = buf.mu, buf.lv
-        torch.mul(lv, self.half, out=buf.sigma).exp_()
-        torch.exp(lv, out=buf.var)
+        torch.addmm(self.head[1], h, self.head_t, out=buf.raw)
+        torch.mul(buf.lv, self.half, out=buf.sigma).exp_()
+        torch.exp(buf.lv, out=buf.var)
         buf.eps.normal_()  # Normal.rsample's draw: the same shape from the same generator
         torch.mul(buf.eps, buf.sigma, out=buf.es)
-        torch.add(buf.es, mu, out=buf.z)
-
-        # -- decoder and the Bernoulli logits a ------------------------------------------------------------------
+        torch.add(buf.es, buf.mu, out=buf.z)
         h = buf.z_flat
         for (_, b), wt, out in zip(self.dec, self.dec_t, buf.dec_h):
             torch.addmm(b, h, wt, beta=k2, alpha=k2, out=out)
             act(out)
             h = out
-        a, s, t = buf.a, buf.s, buf.t
-        torch.addmm(self.out[1], h, self.out_t, out=a)
+        torch.addmm(self.out[1], h, self.out_t, out=buf.a)
+        return h
 
-        # -- the bound: rec = sum x a - softplus(a), softplus(a) = max(a, 0) - log sigmoid(|a|); the KL of Appendix B
+    def _bound(self, buf: _Buffers, x: torch.Tensor, w_kl: float):
+        """(loss, elbo sum) from the logits: rec = sum x a - softplus(a) with softplus(a) = max(a, 0) - log
+        sigmoid(|a|), and Appendix B's KL; leaves sigmoid(a) in buf.s."""
+        a, s, t, mu = buf.a, buf.s, buf.t, buf.mu
         torch.sigmoid(a, out=s)
         x_flat = x.view(-1)
-        xa = torch.dot(buf.a_flat, x_flat) if L == 1 else torch.mv(buf.a_rows, x_flat).sum()
+        xa = torch.dot(buf.a_flat, x_flat) if self.num_samples == 1 else torch.mv(buf.a_rows, x_flat).sum()
         torch.maximum(s, torch.sub(self.one, s, out=t), out=t)  # sigmoid(|a|), in [1/2, 1)
         if self.group is not None:  # a log per product of `group` factors instead of one per logit
             log_sig = buf.t_groups.prod(-1).log_().sum()
         else:
             log_sig = t.log_().sum()
         relu = torch.clamp(a, min=0, out=t).sum()
-        kl3 = torch.addcmul(buf.var, mu, mu, out=buf.kl).sub_(lv).sum()
-        _, weights, consts, neg_half_c, half_c = self._weights(buf, w_kl)
+        kl3 = torch.addcmul(buf.var, mu, mu, out=buf.kl).sub_(buf.lv).sum()
+        _, weights, consts, _, _ = self._weights(buf, w_kl)
         res = torch.addmv(consts, weights, torch.stack((xa, relu, log_sig, kl3)))
+        return res[0], res[1]
 
-        # -- backward: d loss / d a = (sigmoid(a) - x) / (M L), the 1/(M L) carried by the products' alpha ------
-        r = 1.0 / n
+    def _backward(self, buf: _Buffers, x: torch.Tensor, h: torch.Tensor, w_kl: float) -> None:
+        """Every gradient into self.grads: d loss / d a = (sigmoid(a) - x) / (M L), the 1/(M L) carried by the
+        products' alpha; then d mu = sum_l dz_l + w mu / M, d lv = (sum_l dz_l eps_l sigma + w (sigma^2 - 1) / M) / 2;
+        no input gradient for the first layer."""
+        L, bsz, n, s = self.num_samples, buf.b, buf.n, buf.s
+        act_backward, r = self.act_backward, 1.0 / buf.n
         buf.s_3d.sub_(x)
         gw, gb = self.out_g
         torch.addmm(gw, buf.s_t, h, beta=0, alpha=r, out=gw)
         torch.sum(s, 0, out=gb).mul_(buf.r)
         dnext, wnext, scale = s, self.out[0], r
         for k in range(len(self.dec) - 1, -1, -1):
-            dh, hk = buf.dec_dh[k], buf.dec_h[k]
+            dh = buf.dec_dh[k]
             torch.addmm(dh, dnext, wnext, beta=0, alpha=scale, out=dh)
-            act_backward(dh, hk)
+            act_backward(dh, buf.dec_h[k])
             gw, gb = self.dec_g[k]
             torch.mm(buf.dec_dh_t[k], buf.dec_h[k - 1] if k else buf.z_flat, out=gw)
             torch.sum(dh, 0, out=gb)
             dnext, wnext, scale = dh, self.dec[k][0], 1.0
         dzb = buf.dz
         torch.addmm(dzb, dnext, wnext, beta=0, alpha=scale, out=dzb)
-
-        # -- q(z|x): d mu = sum_l dz_l + w mu / M, d lv = (sum_l dz_l eps_l sigma + w (sigma^2 - 1) / M) / 2 ----
-        dmu, dlv = buf.dmu, buf.dlv
+        _, _, _, neg_half_c, half_c = self._weights(buf, w_kl)
+        dmu, dlv, mu = buf.dmu, buf.dlv, buf.mu
         torch.addcmul(neg_half_c, buf.var, half_c, out=buf.kv)  # w (sigma^2 - 1) / (2 M)
         if L == 1:
             torch.add(dzb, mu, alpha=w_kl / bsz, out=dmu)
             torch.addcmul(buf.kv, dzb, buf.es0, value=0.5, out=dlv)
         else:
-            dzv = dzb.view(L, bsz, dz)
+            dzv = dzb.view(L, bsz, -1)
             torch.sum(dzv, 0, out=dmu).add_(mu, alpha=w_kl / bsz)
             torch.sum(dzv.mul_(buf.es), 0, out=dlv)
             torch.add(buf.kv, dlv, alpha=0.5, out=dlv)
@@ -320,7 +329,7 @@ class FusedStep:
         torch.mm(buf.draw_t, buf.enc_h[-1] if self.enc else x, out=gw)
         torch.sum(buf.draw, 0, out=gb)
         dnext, wnext = buf.draw, self.head[0]
-        for k in range(len(self.enc) - 1, -1, -1):  # no input gradient for the first layer
+        for k in range(len(self.enc) - 1, -1, -1):
             dh = buf.enc_dh[k]
             torch.mm(dnext, wnext, out=dh)
             act_backward(dh, buf.enc_h[k])
@@ -328,6 +337,3 @@ class FusedStep:
             torch.mm(buf.enc_dh_t[k], buf.enc_h[k - 1] if k else x, out=gw)
             torch.sum(dh, 0, out=gb)
             dnext, wnext = dh, self.enc[k][0]
-        for p, g in zip(self.params, self.grads):
-            p.grad = g
-        return res[0], res[1]

@@ -207,6 +207,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         opt.check_fields(cls, d, "training")
-        # runs from before these options existed: one shard, the train ELBO logged on the whole training set (and
-        # beta 1, no KL warm-up, no free bits: the dataclass defaults)
-        return cls(**{"shards": 1, "eval_train_size": 0, **d})
+        # runs from before these options existed: one shard, the train ELBO logged on the whole training set, the
+        # autograd step (a resumed run continues bit for bit) (and beta 1, no KL warm-up, no free bits: the dataclass
+        # defaults)
+        return cls(**{"shards": 1, "eval_train_size": 0, "step": "autograd", **d})

@@ -88,7 +88,6 @@ class Trainer:
         self.objective = Objective(model, estimator, self.streams, cfg.num_samples, cfg.gradient, beta=cfg.beta,
                                    kl_warmup=cfg.kl_warmup, free_bits=cfg.free_bits)
         self.forward = self.objective
-        # "fused" (fused.py: forward and backward by hand, gradients into .grad) or "autograd"
         self.step_path = fused.resolve_step(cfg, model, self.world.size)
         self.fused = fused.FusedStep(self.objective) if self.step_path == "fused" else None
         if self.world.size > 1:
@@ -100,12 +99,11 @@ class Trainer:
     @property
     def estimator(self):
         """The training objective `(model, x, *, num_samples, gradient) -> dict`; assign to replace it (full VB
-        does)."""
+        does), which runs it through autograd."""
         return self.objective.estimator
 
     @estimator.setter
     def estimator(self, fn) -> None:
-        """Replacing the objective leaves the fused step (which computes estimator B of the plain VAE) for autograd."""
         self.objective.estimator = fn
         self.fused, self.step_path = None, "autograd"
 
@@ -149,10 +147,9 @@ class Trainer:
                 group["lr"] = lr
             xs = self._minibatch()
             opt.zero_grad(set_to_none=True)
-            if self.fused is not None:  # sets each parameter's .grad itself
-                loss, elbo = self.fused(xs, self.samples_seen)
-            else:
-                loss, elbo = self.forward(xs, self.samples_seen)  # the KL weight's warm-up counts datapoints
+            # the KL weight's warm-up counts datapoints; the fused step (fused.py) sets each .grad itself
+            loss, elbo = (self.fused or self.forward)(xs, self.samples_seen)
+            if self.fused is None:
                 loss.backward()
             norm = self._grad_norm()
             bad = not bool(torch.isfinite(norm) & torch.isfinite(loss))

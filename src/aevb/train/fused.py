@@ -280,7 +280,7 @@ class FusedStep:
         sigmoid(|a|), and Appendix B's KL; leaves sigmoid(a) in buf.s."""
         a, s, t, mu = buf.a, buf.s, buf.t, buf.mu
         torch.sigmoid(a, out=s)
-        x_flat = x.view(-1)
+        x_flat = x.reshape(-1)
         xa = torch.dot(buf.a_flat, x_flat) if self.num_samples == 1 else torch.mv(buf.a_rows, x_flat).sum()
         torch.maximum(s, torch.sub(self.one, s, out=t), out=t)  # sigmoid(|a|), in [1/2, 1)
         if self.group is not None:  # a log per product of `group` factors instead of one per logit

@@ -30,19 +30,7 @@ import aevb
 from aevb.data import binarize_static, load
 from aevb.marginal.common import MAX_FLOATS
 from aevb.marginal import importance_sampling
-
-
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    """FLOP/s of the best of `reps` float32 n x n products on torch's current threads."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+from throughput import matmul_roofline  # benchmarks/ is on the path when this file runs as a script
 
 
 def decoder_flops(model) -> int:
@@ -73,7 +61,7 @@ def main() -> None:
     if args.compare:
         compare(model, x[: args.compare], args.k, args.repeats)
         return
-    peak = matmul_peak()
+    peak = matmul_roofline()
     start = time.perf_counter()
     r = importance_sampling(model, x, num_samples=args.k, progress=True, seed=0, compile=args.compile)
     seconds = time.perf_counter() - start

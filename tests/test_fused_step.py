@@ -180,6 +180,16 @@ def test_fit_with_a_run_folder_and_resume_on_the_fused_step(tmp_path, digits):
     assert history[-1]["test_elbo"] == again[-1]["test_elbo"]
 
 
+def test_fit_records_the_path_auto_resolved_to(tmp_path, digits):
+    model = VAE(ModelConfig(x_dim=64, latent_dim=3, hidden=(16,)))
+    fit(model, digits.train, digits.test, TrainConfig(samples=200, batch_size=50), tmp_path / "plain", progress=False)
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["train"]["step"] == "fused"
+    vamp = VAE(ModelConfig(x_dim=64, latent_dim=3, hidden=(16,), prior="vamp", prior_components=5))
+    fit(vamp, digits.train, digits.test, TrainConfig(samples=200, batch_size=50, estimator="auto"), tmp_path / "vamp",
+        progress=False)
+    assert json.loads((tmp_path / "vamp" / "config.json").read_text())["train"]["step"] == "autograd"
+
+
 def _train(tmp_path, name, *flags):
     return main(["train", "--dataset", "digits", "--latent-dim", "3", "--hidden", "16", "--samples", "500",
                  "--out", str(tmp_path / name), "--no-progress", *flags])

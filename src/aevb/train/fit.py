@@ -1,6 +1,7 @@
 """`fit`: train a model with Algorithm 1 from Python (the `aevb train` command calls it too)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from .. import distributed, runs
 from ..data import DataSet, open_data
 from ..data.user import as_rows
 from ..version import __version__
+from .fused import resolve_step
 from .options import TrainConfig
 from .trainer import Trainer
 
@@ -90,6 +92,8 @@ def fit(model, train_x, test_x, cfg: TrainConfig, run_dir=None, *, progress: boo
         max_nonfinite: updates in a row with a NaN or Inf loss or gradient that stop the run (NonFiniteError).
     """
     train, test, record, test_indices = _data(train_x, test_x)
+    # the training path this run takes, so that config.json records it ("fused" or "autograd", not "auto")
+    cfg = dataclasses.replace(cfg, step=resolve_step(cfg, model, distributed.current().size))
     torch.manual_seed(cfg.seed)
     # Tiny gradients squared by Adagrad and saturated sigmoids produce subnormal floats, which x86 CPUs process
     # many times slower; flushing them changes nothing above 1e-38.

@@ -134,7 +134,7 @@ class _Buffers:
         self.s_t, self.draw_t = self.s.t(), self.draw.t()
         self.enc_dh_t = [g.t() for g in self.enc_dh]
         self.dec_dh_t = [g.t() for g in self.dec_dh]
-        self.r = torch.tensor(1.0 / n, dtype=step.dtype, device=step.device)  # d loss / d rec term: 1 / (M L)
+        self.r = step._tensor(1.0 / n)  # d loss / d rec term: 1 / (M L)
         self.s_3d = self.s.view(L, b, d)
         self.t_groups = self.t.view(-1, step.group) if step.group else self.t
         self.kv = new(b, dz)
@@ -192,9 +192,12 @@ class FusedStep:
         self.act_backward = {"tanh": self._tanh_backward, "relu": self._relu_backward,
                              "elu": self._elu_backward}[act]
         # 0-dim constants: an in-place op with a Python number converts it to a tensor at every call
-        const = lambda v: torch.tensor(v, dtype=self.dtype, device=self.device)  # noqa: E731
-        self.minus_one, self.one, self.half = const(-1.0), const(1.0), const(0.5)
+        self.minus_one, self.one, self.half = self._tensor(-1.0), self._tensor(1.0), self._tensor(0.5)
         self.buffers: _Buffers | None = None
+
+    def _tensor(self, value) -> torch.Tensor:
+        """A constant (a number or nested lists of them) in the parameters' dtype and device."""
+        return torch.tensor(value, dtype=self.dtype, device=self.device)
 
     # -- activations: forward in place on (scale x) the pre-activation, backward in place on the gradient ----------
     def _tanh(self, h: torch.Tensor) -> None:
@@ -231,7 +234,7 @@ class FusedStep:
             # rec = parts[0] - parts[1] + parts[2] (summed over the L samples), KL = (parts[3] - M Nz) / 2
             rows = [[-1 / (L * b), 1 / (L * b), -1 / (L * b), 0.5 * w / b], [1 / L, -1 / L, 1 / L, -0.5]]
             consts = [-0.5 * w * dz, 0.5 * b * dz]
-            new = lambda v: torch.tensor(v, dtype=self.dtype, device=self.device)  # noqa: E731
+            new = self._tensor
             buf.weights = (w, new(rows), new(consts), new(-0.5 * w / b), new(0.5 * w / b))
         return buf.weights
 
@@ -297,7 +300,7 @@ class FusedStep:
         """Every gradient into self.grads: d loss / d a = (sigmoid(a) - x) / (M L), the 1/(M L) carried by the
         products' alpha; then d mu = sum_l dz_l + w mu / M, d lv = (sum_l dz_l eps_l sigma + w (sigma^2 - 1) / M) / 2;
         no input gradient for the first layer."""
-        L, bsz, n, s = self.num_samples, buf.b, buf.n, buf.s
+        L, bsz, s = self.num_samples, buf.b, buf.s
         act_backward, r = self.act_backward, 1.0 / buf.n
         buf.s_3d.sub_(x)
         gw, gb = self.out_g

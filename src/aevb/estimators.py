@@ -7,8 +7,8 @@ Roeder et al. 2017: the score term of log q is dropped by evaluating q's density
 "dreg" (doubly reparameterized, Tucker et al. 2019, for iwae). All three have the same expected gradient.
 Each estimator is registered in `ESTIMATORS` with the facts the trainer needs: the gradients it allows, whether
 it needs an analytic KL, and whether its bound has a KL term that training may weight (`kl_terms`: sgvb_a and
-sgvb_b take `kl_weight` and `free_bits`, see `kl_loss`; their `elbo` stays the true bound). The paper's wake-sleep baseline (aevb.paper.wake_sleep) registers itself with
-the same signature; it is not an ELBO estimator.
+sgvb_b take `kl_weight` and `free_bits`, see `kl_loss`; their `elbo` stays the true bound). The paper's
+wake-sleep baseline (aevb.paper.wake_sleep) registers itself with the same signature; it is not an ELBO estimator.
 """
 from __future__ import annotations
 

@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="aevb", description="Auto-Encoding Variational Bayes (Kingma & Welling, 2013).")
     p.add_argument("--version", action="version", version=f"aevb {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_train_parser, _sweep_parser, _eval_parser, _sample_parser, _reproduce_parser, _plot_parser, _report_parser,
-                _restore_parser):
+    for add in (_train_parser, _sweep_parser, _eval_parser, _sample_parser, _reproduce_parser, _plot_parser,
+                _report_parser, _restore_parser):
         add(sub)
     return p

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.special import logsumexp
 from scipy.stats import norm
 
 import aevb
@@ -104,12 +105,13 @@ def test_prior_samples_have_the_moments_of_a_linear_gaussian_hierarchy():
     torch.testing.assert_close(cov, expected, atol=0.03, rtol=0)
 
 
-def _exact_log_px(model, x, limit=8.0, n=801):
+def _exact_log_px(model, x, limit=8.0, n=801, log_top=norm.logpdf):
     """log p(x) = log sum over a grid of (z_1, z_2) of p(x|z_1) p(z_1|z_2) p(z_2) dz_1 dz_2 (1-D latents): the
-    prior factors with scipy, p(x|z_1) from the decoder, without the model's prior()."""
+    prior factors with scipy (p(z_2) = log_top, N(0, 1) by default), p(x|z_1) from the decoder, without the model's
+    prior()."""
     axis = torch.linspace(-limit, limit, n, dtype=torch.float64)
     m1, s1 = _split(model.top_down[0](axis[:, None]))  # p(z_1|z_2) for each z_2 on the axis, (n, 1)
-    log_p2 = norm.logpdf(axis.numpy())  # (n,)
+    log_p2 = log_top(axis.numpy())  # (n,)
     log_p12 = norm.logpdf(axis.numpy()[None, :], m1, s1)  # (n z_2, n z_1)
     log_prior = torch.from_numpy(log_p12 + log_p2[:, None])
     log_lik = model.decode(axis[:, None, None]).log_prob(x)  # (n z_1, B)
@@ -134,6 +136,63 @@ def test_importance_sampling_agrees_with_quadrature_over_both_layers(inference):
     torch.testing.assert_close(on_grid, exact, atol=1e-4, rtol=0)
     ais = log_likelihood(model, x, "ais", num_steps=200, num_chains=16, seed=0)["log_px"]
     torch.testing.assert_close(ais, exact, atol=0.1, rtol=0)
+
+
+def _vamp_components(model):
+    """q(z_L|u_k) at the pseudo-inputs, by hand from the top-down networks: means and scales (K, d_L)."""
+    h = model.learned_prior.pseudo_inputs()
+    for features in model.features:
+        h = features(h)
+    return _split(model.heads[-1](h))
+
+
+def test_a_vamp_top_layer_is_the_mixture_of_q_top_at_the_pseudo_inputs():
+    torch.manual_seed(0)
+    model = _randomize(_model("top-down", prior="vamp", prior_components=3).double())
+    z = torch.randn(5, 4, 5, dtype=torch.float64)
+    z1, z2 = z[..., :3].numpy(), z[..., 3:].numpy()
+    m, s = _vamp_components(model)
+    per = np.stack([norm.logpdf(z2, m[k], s[k]).sum(-1) for k in range(3)], -1)
+    m1, s1 = _split(model.top_down[0](z[..., 3:]))
+    expected = logsumexp(per, -1) - math.log(3) + norm.logpdf(z1, m1, s1).sum(-1)
+    np.testing.assert_allclose(model.prior().log_prob(z).detach().numpy(), expected, rtol=1e-10, atol=1e-10)
+    draws = model.prior().sample((4000,))  # ancestral draws: z_2 from the mixture, z_1 from p(z_1|z_2)
+    assert draws.shape == (4000, 5)
+    torch.testing.assert_close(draws[:, 3:].mean(0), torch.from_numpy(m.mean(0)), atol=0.1, rtol=0)
+
+
+def test_a_mog_top_layer_with_bottom_up_inference():
+    torch.manual_seed(0)
+    assert float(_model("bottom-up", prior="mog", prior_components=40, init="paper").learned_prior.loc.std()) > 0.5
+    model = _randomize(_model("bottom-up", prior="mog", prior_components=4).double())
+    prior = model.learned_prior
+    assert prior.loc.shape == (4, 2)  # p(z_L) covers the top layer only
+    z = torch.randn(6, 5, dtype=torch.float64)
+    z1, z2 = z[..., :3].numpy(), z[..., 3:].numpy()
+    m, s = prior.loc.detach().numpy(), np.exp(0.5 * prior.log_var.detach().numpy())
+    log_w = torch.log_softmax(prior.logits, 0).detach().numpy()
+    per = np.stack([norm.logpdf(z2, m[k], s[k]).sum(-1) + log_w[k] for k in range(4)], -1)
+    m1, s1 = _split(model.top_down[0](z[..., 3:]))
+    expected = logsumexp(per, -1) + norm.logpdf(z1, m1, s1).sum(-1)
+    np.testing.assert_allclose(model.prior().log_prob(z).detach().numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_importance_sampling_with_a_vamp_top_layer_agrees_with_quadrature():
+    torch.manual_seed(2)
+    model = _randomize(_model("top-down", dims=(1, 1), x_dim=3, upper=(4,), likelihood="gaussian", prior="vamp",
+                              prior_components=3).double(), 0.5)
+    with torch.no_grad():
+        for head in model.heads:
+            head.bias[1] += 2.0
+    m, s = _vamp_components(model)
+
+    def log_top(z):
+        return logsumexp(norm.logpdf(z[:, None], m[:, 0], s[:, 0]), -1) - math.log(3)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with torch.no_grad():
+        exact = _exact_log_px(model, x, log_top=log_top)
+        est = log_likelihood(model, x, "is", num_samples=100_000, seed=0)["log_px"]
+    torch.testing.assert_close(est, exact, atol=0.02, rtol=0)
 
 
 @pytest.mark.parametrize("inference", MODES)
@@ -224,13 +283,16 @@ def test_config_fills_each_layer_and_round_trips():
     assert isinstance(models.build(again), HierarchicalVAE)
     cfg = ModelConfig(x_dim=16, stochastic_layers=2, latent_dims=(100, 50))
     assert cfg.latent_dim == 150
+    cfg = ModelConfig(x_dim=16, stochastic_layers=2, prior="vamp")  # the VampPrior needs q(z_L|x): top-down
+    assert cfg.inference == "top-down" and cfg.prior_components == 500
 
 
 @pytest.mark.parametrize("kw, message", [
     ({"latent_dims": (3, 2)}, "--latent-dims needs --stochastic-layers"),
     ({"stochastic_layers": 2, "latent_dims": (3, 2, 1)}, "gives 3 sizes"),
     ({"stochastic_layers": 2, "arch": "conv", "image_shape": (4, 4)}, "--arch mlp only"),
-    ({"stochastic_layers": 2, "prior": "mog"}, "normal posterior and prior"),
+    ({"stochastic_layers": 2, "prior": "laplace"}, "normal, mog or vamp prior"),
+    ({"stochastic_layers": 2, "prior": "vamp", "inference": "bottom-up"}, "--prior vamp needs --inference top-down"),
     ({"stochastic_layers": 2, "flow": "iaf"}, "does not take a flow"),
     ({"inference": "top-down"}, "--inference needs --stochastic-layers"),
 ])
@@ -260,6 +322,27 @@ def test_a_hierarchical_run_from_the_command_line(tmp_path, capsys):
     assert torch.isfinite(first).all()
     assert main(["plot", str(out), "--out", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "reconstructions.png").exists()
+
+
+def test_a_hierarchy_with_a_vamp_prior_from_the_command_line(tmp_path, capsys):
+    from aevb.cli import main
+    torch.set_num_threads(1)
+    out = tmp_path / "hv"
+    assert main(["train", "--dataset", "digits", "--stochastic-layers", "2", "--latent-dims", "4,2", "--hidden",
+                 "32", "--upper-hidden", "16", "--prior", "vamp", "--prior-components", "6", "--samples", "2000",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "estimator auto -> sgvb_a" in capsys.readouterr().out
+    config = json.loads((out / runs.CONFIG).read_text())
+    assert (config["model"]["prior"], config["model"]["inference"]) == ("vamp", "top-down")
+    model, _ = aevb.load_run(out)
+    assert model.learned_prior.pseudo_inputs().shape == (6, 64)
+    assert main(["eval", str(out), "--diagnostics", "--limit", "100", "--gap-points", "10"]) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    assert layers[0]["kl_per_dim"] is not None and layers[1]["kl_per_dim"] is None
+    assert "mixture" in layers[1]["kl_per_dim_unavailable"]
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "<h3>Stochastic layers</h3>" in page and "pseudo" in page.lower()
 
 
 @pytest.mark.parametrize("args, message", [

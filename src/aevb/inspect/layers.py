@@ -40,6 +40,11 @@ def _given(chain, layer: int, inference: str | None, which: str) -> str:
     return f"{which}(z_{layer + 1}{cond})"
 
 
+def _is_mixture(dist) -> bool:
+    """Whether a layer's factor is a learned mixture p(z_L) (--prior mog|vamp), not a diagonal Gaussian."""
+    return not hasattr(dist, "base_dist")
+
+
 def _kl_splits_in_layer(q, prior, layer: int) -> bool:
     """Whether p's factor of the layer is conditioned only on layers q draws before it, so that the layer's KL is
     the expectation over q of a KL between diagonal Gaussians, one per dimension."""
@@ -90,13 +95,16 @@ def layer_diagnostics(model, x: torch.Tensor, *, samples: int = LAYER_SAMPLES, t
             if means is None:
                 means = [[] for _ in dims]
                 noise = [torch.zeros(d, dtype=torch.float64, device=x.device) for d in dims]
-                kls = [torch.zeros(d, dtype=torch.float64, device=x.device) for d in dims]
+                kls = [0.0] * len(dims)  # tensors (d,) once summed; (1,) for a mixture p(z_L)
             z = q.rsample((samples,))  # (S, B, Dz)
             parts = z.split(dims, -1)
             qf, pf = q.factors(z), prior.factors(z)
             for layer, zl in enumerate(parts):
-                log_ratio = (qf[layer].base_dist.log_prob(zl) - pf[layer].base_dist.log_prob(zl)).double()
-                kls[layer] += log_ratio.mean(0).sum(0)  # (d,): summed over the batch
+                if _is_mixture(pf[layer]):  # a learned p(z_L): one log-density, no per-dimension terms
+                    log_ratio = (qf[layer].log_prob(zl) - pf[layer].log_prob(zl)).double()[..., None]
+                else:
+                    log_ratio = (qf[layer].base_dist.log_prob(zl) - pf[layer].base_dist.log_prob(zl)).double()
+                kls[layer] = kls[layer] + log_ratio.mean(0).sum(0)  # (d,) or (1,): summed over the batch
                 m = qf[layer].mean.double().expand_as(zl)  # (S, B, d); the first layer's is the same at every draw
                 means[layer].append(m.mean(0))
                 if samples > 1:
@@ -110,13 +118,15 @@ def layer_diagnostics(model, x: torch.Tensor, *, samples: int = LAYER_SAMPLES, t
         row = {"layer": layer + 1, "latent_dim": int(d), "q": _given(q, layer, inference, "q"),
                "p": _given(prior, layer, inference, "p"), "active_units": int(active.sum()),
                "posterior_mean_variance": [round(float(v), 6) for v in var], "kl": float(kl_dims.sum())}
-        if _kl_splits_in_layer(q, prior, layer):
+        if kl_dims.numel() == d and _kl_splits_in_layer(q, prior, layer):
             row["kl_per_dim"] = [round(float(v), 6) for v in kl_dims]
             row["kl_active"] = float(kl_dims[active].sum())
         else:
             row["kl_per_dim"] = None
             row["kl_active"] = None
             row["kl_per_dim_unavailable"] = (
+                f"{row['p']} is a mixture (--prior {model.config.prior}), whose log-density does not split by "
+                "dimension" if kl_dims.numel() != d else
                 f"{row['p']} is conditioned on z_{prior.parent(layer) + 1}, which q draws after z_{layer + 1}: the "
                 f"layer's KL is no expected KL between {row['q']} and {row['p']} and does not split by dimension")
         out.append(row)

@@ -73,6 +73,11 @@ class LatentModel(nn.Module):
         dz = self.config.latent_dim
         return self.family.build(raw[..., :self.family.n_out(dz)], dz)
 
+    def top_posterior(self, x: torch.Tensor) -> Distribution:
+        """The Gaussian of q over the latents a learned prior covers, at inputs x (..., D): q(z|x) before any flow
+        (a hierarchy: q(z_L|x)). The VampPrior's components are it at the pseudo-inputs."""
+        return self.base_posterior(self.encoder_params(x))
+
     def posterior(self, raw: torch.Tensor) -> Distribution:
         """q(z|x) from raw encoder outputs (pass raw.detach() for the stop-gradient q of STL and DReG); with a flow
         a FlowPosterior, whose log_prob is known at its own draws only (flows.py)."""

@@ -71,7 +71,7 @@ class ModelConfig:
         f"{DEFAULT_HIDDEN})", parse=opt.positive_int)
     stochastic_layers: int = opt.option(
         1, "L stochastic layers z_1..z_L (default 1: the plain VAE); L > 1: a hierarchical VAE (--arch mlp, normal "
-        "posterior and prior) whose z is the concatenation [z_1, ..., z_L]", parse=opt.positive_int)
+        "posterior; p(z_L) normal, mog or vamp) whose z is the concatenation [z_1, ..., z_L]", parse=opt.positive_int)
     latent_dims: tuple[int, ...] | None = opt.option(
         None, "--stochastic-layers L > 1: the sizes of z_1..z_L, comma-separated, z_1 (nearest x) first (default: "
         "--latent-dim each); latent_dim becomes their sum", parse=opt.widths)
@@ -80,7 +80,8 @@ class ModelConfig:
         "layers (default 100,100); --hidden is the networks' between x and z_1", parse=opt.widths)
     inference: str | None = opt.option(
         None, "--stochastic-layers L > 1: q(z|x) bottom-up (q(z_1|x) q(z_2|z_1) ..., the IWAE paper's; default) "
-        "or top-down (ladder: q(z_L|x) q(z_L-1|z_L, x) ..., precision-weighted)", choices=INFERENCE)
+        "or top-down (ladder: q(z_L|x) q(z_L-1|z_L, x) ..., precision-weighted; the default with --prior vamp)",
+        choices=INFERENCE)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -163,8 +164,8 @@ class ModelConfig:
             object.__setattr__(self, "latent_dims", (self.latent_dim,) * self.stochastic_layers)
         if self.upper_hidden is None:
             object.__setattr__(self, "upper_hidden", DEFAULT_UPPER_HIDDEN)
-        if self.inference is None:
-            object.__setattr__(self, "inference", INFERENCE[0])
+        if self.inference is None:  # the VampPrior needs top-down's q(z_L|x)
+            object.__setattr__(self, "inference", INFERENCE[1] if self.prior == "vamp" else INFERENCE[0])
         object.__setattr__(self, "latent_dim", sum(self.latent_dims))
 
     def _layer_checks(self) -> list[tuple[bool, str]]:
@@ -185,16 +186,20 @@ class ModelConfig:
             (self.inference is None or self.inference in INFERENCE,
              f"unknown inference {self.inference!r}; choose from {', '.join(INFERENCE)}"),
             (single or self.arch == "mlp", f"{what} is built on --arch mlp only, not {self.arch}"),
-            (single or (self.posterior, self.prior) == ("normal", "normal"),
-             f"{what} needs the normal posterior and prior (p(z_l|z_l+1) Gaussian), not --posterior "
-             f"{self.posterior} --prior {self.prior}"),
+            (single or (self.posterior == "normal" and self.prior in ("normal", *LEARNED_PRIORS)),
+             f"{what} needs the normal posterior and a normal, mog or vamp prior (p(z_l|z_l+1) Gaussian), not "
+             f"--posterior {self.posterior} --prior {self.prior}"),
+            (single or self.prior != "vamp" or self.inference == "top-down",
+             f"{what} --prior vamp needs --inference top-down: the VampPrior's components are q(z_L|u_k), and "
+             "bottom-up inference has no q(z_L|x) of x alone"),
             (single or self.flow is None, f"{what} does not take a flow posterior (--flow {self.flow})"),
         ]
 
     def latent_pair(self) -> str:
         """q(z|x) and p(z) in words, for messages: "q = normal + iaf flow, p = vamp", or the hierarchy."""
         if self.stochastic_layers > 1:
-            return f"a {self.stochastic_layers}-layer hierarchy, whose q and p chain the layers,"
+            top = f" (p(z_L) {self.prior})" if self.prior in LEARNED_PRIORS else ""
+            return f"a {self.stochastic_layers}-layer hierarchy{top}, whose q and p chain the layers,"
         flow = f" + {self.flow} flow" if self.flow else ""
         return f"q = {self.posterior}{flow}, p = {self.prior}"
 

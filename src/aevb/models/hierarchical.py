@@ -14,8 +14,13 @@ work on it unchanged.
   generative p(z_l | z_{l+1}) = N(m_l, s_l^2), normalized: 1/s_q^2 = 1/s^_l^2 + 1/s_l^2,
   m_q = s_q^2 (m^_l / s^_l^2 + m_l / s_l^2). The top-down networks are shared by q and p.
 
-Both q and p are `Chain`s: drawn ancestrally, with a log-density exact at any z (the product of the Gaussian
-factors, each given the layer sampled before it). Neither has a closed-form KL (`has_analytic_kl` False: estimator
+- p(z_L) may be learned instead (`--prior mog|vamp`, priors.py): a mixture of K Gaussians, or the VampPrior
+  (1/K) sum_k q(z_L|u_k) over K pseudo-inputs. The VampPrior needs q(z_L|x) as a Gaussian of x alone, which only
+  the top-down inference gives (bottom-up, q(z_L|x) integrates over the lower layers); Tomczak & Welling's
+  HVAE + VampPrior has the same structure, q(z_2|x) then q(z_1|x, z_2).
+
+Both q and p are `Chain`s: drawn ancestrally, with a log-density exact at any z (the product of the factors, each
+given the layer sampled before it). Neither has a closed-form KL (`has_analytic_kl` False: estimator
 auto -> sgvb_a) nor factorizes over dimensions (no free bits). q has no raw parameters to stop (each factor depends
 on a sample), so STL and DReG are refused (`NO_RAW`).
 """
@@ -63,10 +68,10 @@ class Chain(Distribution):
 
     arg_constraints: dict = {}
     support = constraints.independent(constraints.real, 1)
-    has_rsample = True
 
     def __init__(self, dims, order, first: Distribution, step):
         self.dims, self.order, self.first, self.step = tuple(dims), tuple(order), first, step
+        self.has_rsample = first.has_rsample  # a mixture p(z_L) has none (sample() still draws)
         super().__init__(first.batch_shape, torch.Size([sum(self.dims)]), validate_args=False)
 
     def _walk(self, draw):
@@ -77,19 +82,17 @@ class Chain(Distribution):
         batch = torch.broadcast_shapes(*(p.shape[:-1] for p in parts.values()))
         return torch.cat([parts[i].expand(*batch, d) for i, d in enumerate(self.dims)], -1)
 
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        first = True
+    def _draw(self, method: str, sample_shape) -> torch.Tensor:
+        """Every layer drawn by its factor's `method` ("rsample" or "sample"), the first with `sample_shape`."""
+        shapes = iter([torch.Size(sample_shape)])
+        return self._walk(lambda dist: getattr(dist, method)(next(shapes, torch.Size())))
 
-        def draw(dist):
-            nonlocal first
-            out = dist.rsample(sample_shape if first else torch.Size())
-            first = False
-            return out
-        return self._walk(draw)
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return self._draw("rsample", sample_shape)
 
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         with torch.no_grad():
-            return self.rsample(sample_shape)
+            return self._draw("sample", sample_shape)
 
     def parent(self, layer: int) -> int | None:
         """The layer whose value layer `layer`'s factor is conditioned on: the one sampled just before it; None for
@@ -165,8 +168,9 @@ class HierarchicalVAE(LatentModel):
     def _paper_init(self) -> None:
         """N(0, 0.01^2) weights, zero log-variance outputs (every conditional starts at unit variance) and a zero
         output bias of the likelihood head, as the MLP VAE's."""
-        for p in self.parameters():
-            p.normal_(0.0, 0.01)
+        for name, p in self.named_parameters():
+            if not name.startswith("learned_prior."):  # a learned prior keeps its own initialization
+                p.normal_(0.0, 0.01)
         heads = [net[-1] for net in self.top_down] + ([net[-1] for net in self.up] if hasattr(self, "up")
                                                        else list(self.heads))
         for head in heads:
@@ -176,22 +180,39 @@ class HierarchicalVAE(LatentModel):
         self.dec_head.out.bias.zero_()
 
     def prior(self) -> Distribution:
-        """p(z) = p(z_L) prod p(z_l | z_l+1), drawn from the top down; batch shape (), event (sum d_l,)."""
-        top = Independent(Normal(self.prior_loc, self.prior_scale, validate_args=False), 1)
+        """p(z) = p(z_L) prod p(z_l | z_l+1), drawn from the top down; batch shape (), event (sum d_l,). p(z_L) is
+        N(0, I) or the learned prior (--prior mog|vamp)."""
+        if self.learned_prior is not None:
+            top = self.learned_prior(self)
+        else:
+            top = Independent(Normal(self.prior_loc, self.prior_scale, validate_args=False), 1)
         order = tuple(reversed(range(len(self.dims))))
         return Chain(self.dims, order, top, lambda i, z_above: gaussian(self.top_down[i](z_above)))
+
+    def _data_gaussians(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Top-down inference's deterministic pass: each layer's [m^_l, log s^_l^2] of x, z_1's first."""
+        h, data = x, []
+        for features, head in zip(self.features, self.heads):
+            h = features(h)
+            data.append(head(h))
+        return data
 
     def encode(self, x: torch.Tensor) -> Distribution:
         """q(z|x) over the concatenation, batch shape (...) of x (..., D); bottom-up or top-down (the config's)."""
         order = tuple(range(len(self.dims)))
         if self.config.inference == "bottom-up":
             return Chain(self.dims, order, gaussian(self.up[0](x)), lambda i, z_below: gaussian(self.up[i](z_below)))
-        h, data = x, []
-        for features, head in zip(self.features, self.heads):
-            h = features(h)
-            data.append(head(h))  # [m^_l, log s^_l^2]
+        data = self._data_gaussians(x)
         return Chain(self.dims, order[::-1], gaussian(data[-1]),
                      lambda i, z_above: precision_weighted(data[i], self.top_down[i](z_above)))
+
+    def top_posterior(self, x: torch.Tensor) -> Distribution:
+        """q(z_L|x), top-down inference's Gaussian of the top layer (the VampPrior's components at pseudo-inputs);
+        bottom-up inference has it only as an integral over the lower layers."""
+        if self.config.inference == "bottom-up":
+            raise ValueError("bottom-up inference has no q(z_L|x) of x alone: the VampPrior needs --inference "
+                             "top-down")
+        return gaussian(self._data_gaussians(x)[-1])
 
     def decoder_outputs(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's last hidden layer on z_1, the first d_1 coordinates of z (..., Dz)."""

@@ -77,7 +77,8 @@ class MixturePrior(nn.Module):
 
 class VampPrior(nn.Module):
     """p(z) = (1/K) sum_k q(z|u_k) over K learned pseudo-inputs u_k (`--prior vamp`); `forward(model)` runs the
-    model's encoder on them (through `model.base_posterior`), so the prior follows the encoder."""
+    model's encoder on them (through `model.top_posterior`: q's base Gaussian, or a hierarchy's q(z_L|x)), so the
+    prior follows the encoder."""
 
     def __init__(self, x_dim: int, components: int, unit_range: bool):
         super().__init__()
@@ -89,8 +90,7 @@ class VampPrior(nn.Module):
         return torch.sigmoid(self.pseudo_raw) if self.unit_range else self.pseudo_raw
 
     def forward(self, model) -> Distribution:
-        q = model.base_posterior(model.encoder_params(self.pseudo_inputs()))  # batch (K,), event (Dz,)
-        base = q.base_dist
+        base = model.top_posterior(self.pseudo_inputs()).base_dist  # batch (K,), event (Dz,)
         return mixture(base.loc.new_zeros(base.loc.shape[0]), base.loc, base.scale)
 
 
@@ -100,9 +100,11 @@ def unit_range(likelihood: str) -> bool:
 
 
 def build_prior(config) -> nn.Module | None:
-    """The learned prior of a ModelConfig, or None for a fixed standard family."""
+    """The learned prior of a ModelConfig, or None for a fixed standard family. In a hierarchy
+    (--stochastic-layers L > 1) it is p(z_L), the top layer's."""
     if config.prior == "mog":
-        return MixturePrior(config.latent_dim, config.prior_components)
+        dim = config.latent_dims[-1] if config.stochastic_layers > 1 else config.latent_dim
+        return MixturePrior(dim, config.prior_components)
     if config.prior == "vamp":
         return VampPrior(config.x_dim, config.prior_components, unit_range(config.likelihood))
     return None

@@ -274,6 +274,42 @@ def test_a_single_layer_is_todays_vae():
     assert torch.equal(oa["elbo"], ob["elbo"])
 
 
+@pytest.mark.parametrize("inference", MODES)
+def test_log_variances_are_floored_at_min_log_var(inference):
+    # every Gaussian factor of q and p: a log-variance output of -10 becomes the floor -6; "none" leaves it
+    torch.manual_seed(0)
+    for floor, expected in [(None, -6.0), (-3.5, -3.5), ("none", -10.0)]:
+        model = _model(inference, min_log_var=floor)
+        heads = [net[-1] for net in model.top_down] + ([net[-1] for net in model.up] if inference == "bottom-up"
+                                                       else list(model.heads))
+        with torch.no_grad():
+            for head in heads:
+                d = head.out_features // 2
+                head.weight[d:].zero_()
+                head.bias[d:] = -10.0
+        x = torch.rand(4, 16)
+        z = model.encode(x).rsample()
+        p_z1 = model.prior().factors(z)[0]
+        torch.testing.assert_close(p_z1.base_dist.scale.log() * 2, torch.full((4, 3), expected))
+        q_layers = model.encode(x).factors(z)
+        if inference == "bottom-up":
+            got = q_layers[0].base_dist.scale.log() * 2
+            torch.testing.assert_close(got, torch.full((4, 3), expected))
+        else:  # q(z_1|z_2, x): the product of two Gaussians of variance e^floor
+            got = q_layers[0].base_dist.scale.log() * 2
+            torch.testing.assert_close(got, torch.full((4, 3), expected - math.log(2)))
+
+
+def test_runs_written_before_the_floor_load_without_one():
+    section = ModelConfig(x_dim=16, stochastic_layers=2).to_dict()
+    assert section["min_log_var"] == -6.0
+    del section["min_log_var"]
+    assert models.config_of(section).min_log_var == "none"
+    again = ModelConfig(x_dim=16, stochastic_layers=2, min_log_var="none")
+    assert models.config_of(json.loads(json.dumps(again.to_dict()))) == again
+    assert ModelConfig(x_dim=16).min_log_var is None
+
+
 def test_config_fills_each_layer_and_round_trips():
     cfg = ModelConfig(x_dim=16, latent_dim=5, stochastic_layers=3)
     assert cfg.latent_dims == (5, 5, 5) and cfg.latent_dim == 15 and cfg.upper_hidden == (100, 100)
@@ -295,6 +331,8 @@ def test_config_fills_each_layer_and_round_trips():
     ({"stochastic_layers": 2, "prior": "vamp", "inference": "bottom-up"}, "--prior vamp needs --inference top-down"),
     ({"stochastic_layers": 2, "flow": "iaf"}, "does not take a flow"),
     ({"inference": "top-down"}, "--inference needs --stochastic-layers"),
+    ({"min_log_var": -6.0}, "--min-log-var needs --stochastic-layers"),
+    ({"stochastic_layers": 2, "min_log_var": float("inf")}, "finite number or none"),
 ])
 def test_config_refusals(kw, message):
     with pytest.raises(ValueError, match=message) as e:
@@ -352,6 +390,7 @@ def test_a_hierarchy_with_a_vamp_prior_from_the_command_line(tmp_path, capsys):
     (["--stochastic-layers", "2", "--arch", "conv"], "--arch mlp only"),
     (["--latent-dims", "4,2"], "--latent-dims needs --stochastic-layers"),
     (["--stochastic-layers", "2", "--inference", "sideways"], "invalid choice"),
+    (["--stochastic-layers", "2", "--min-log-var", "inf"], "finite log-variance or none"),
 ])
 def test_command_line_refusals_exit_2_in_one_line(tmp_path, capsys, args, message):
     from aevb.cli import main

@@ -115,6 +115,19 @@ def sizes(text: str) -> tuple[int, ...]:
     return values
 
 
+def log_var_floor(text: str) -> float | str:
+    """A finite log-variance, or "none" (no floor)."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a log-variance or none: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite log-variance or none, got {text!r}")
+    return value
+
+
 def widths(text: str) -> tuple[int, ...]:
     values = _ints(text)
     if not values:

@@ -20,6 +20,9 @@ from .registry import DEFAULT_ARCH, MODELS
 INITS = ("paper", "torch")
 INFERENCE = ("bottom-up", "top-down")  # --stochastic-layers L > 1: the two inference models (hierarchical.py)
 DEFAULT_UPPER_HIDDEN = (100, 100)  # the IWAE paper's widths between its two stochastic layers
+# log sigma^2 of every Gaussian of a hierarchy is clamped from below here (Tomczak & Welling's HVAE clamps at -6):
+# unbounded, a top-down hierarchy can drive p(z_1|z_2) and q(z_1|z_2, x) to variances near e^-21 and its loss to NaN
+DEFAULT_MIN_LOG_VAR = -6.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ class ModelConfig:
         None, "--stochastic-layers L > 1: q(z|x) bottom-up (q(z_1|x) q(z_2|z_1) ..., the IWAE paper's; default) "
         "or top-down (ladder: q(z_L|x) q(z_L-1|z_L, x) ..., precision-weighted; the default with --prior vamp)",
         choices=INFERENCE)
+    min_log_var: float | str | None = opt.option(
+        None, f"--stochastic-layers L > 1: floor of log sigma^2 of every Gaussian factor of q and p (default "
+        f"{DEFAULT_MIN_LOG_VAR:g}; none: unbounded)", parse=opt.log_var_floor)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -164,6 +170,8 @@ class ModelConfig:
             object.__setattr__(self, "latent_dims", (self.latent_dim,) * self.stochastic_layers)
         if self.upper_hidden is None:
             object.__setattr__(self, "upper_hidden", DEFAULT_UPPER_HIDDEN)
+        if self.min_log_var is None:
+            object.__setattr__(self, "min_log_var", DEFAULT_MIN_LOG_VAR)
         if self.inference is None:  # the VampPrior needs top-down's q(z_L|x)
             object.__setattr__(self, "inference", INFERENCE[1] if self.prior == "vamp" else INFERENCE[0])
         object.__setattr__(self, "latent_dim", sum(self.latent_dims))
@@ -177,6 +185,10 @@ class ModelConfig:
             (not single or self.latent_dims is None, "--latent-dims needs --stochastic-layers 2 or more"),
             (not single or self.upper_hidden is None, "--upper-hidden needs --stochastic-layers 2 or more"),
             (not single or self.inference is None, "--inference needs --stochastic-layers 2 or more"),
+            (not single or self.min_log_var is None, "--min-log-var needs --stochastic-layers 2 or more"),
+            (self.min_log_var in (None, "none") or isinstance(self.min_log_var, (int, float))
+             and math.isfinite(self.min_log_var), f"min_log_var must be a finite number or none, got "
+             f"{self.min_log_var!r}"),
             (self.latent_dims is None or len(self.latent_dims) == L,
              f"--latent-dims gives {len(self.latent_dims or ())} sizes for {what}"),
             (self.latent_dims is None or min(self.latent_dims) > 0, f"latent dims must be positive, got "
@@ -216,4 +228,6 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         opt.check_fields(cls, d, "model")
+        if d.get("stochastic_layers", 1) > 1 and "min_log_var" not in d:
+            d = {**d, "min_log_var": "none"}  # written before the floor existed: trained without one
         return cls(**d)

@@ -14,6 +14,9 @@ work on it unchanged.
   generative p(z_l | z_{l+1}) = N(m_l, s_l^2), normalized: 1/s_q^2 = 1/s^_l^2 + 1/s_l^2,
   m_q = s_q^2 (m^_l / s^_l^2 + m_l / s_l^2). The top-down networks are shared by q and p.
 
+- Every Gaussian's log sigma^2 is clamped from below at `--min-log-var` (default -6, Tomczak & Welling's bound;
+  `none` for none): unbounded, a top-down hierarchy can drive p(z_1|z_2) and q(z_1|z_2, x) together to variances
+  near e^-21, where its loss turns NaN. The precision-weighted product may lie below the floor (by log 2 at most).
 - p(z_L) may be learned instead (`--prior mog|vamp`, priors.py): a mixture of K Gaussians, or the VampPrior
   (1/K) sum_k q(z_L|u_k) over K pseudo-inputs. The VampPrior needs q(z_L|x) as a Gaussian of x alone, which only
   the top-down inference gives (bottom-up, q(z_L|x) integrates over the lower layers); Tomczak & Welling's
@@ -35,10 +38,18 @@ from .base import LatentModel
 from .config import ModelConfig
 from .registry import register_hierarchical
 
-__all__ = ["Chain", "HierarchicalVAE", "NO_RAW", "gaussian", "precision_weighted"]
+__all__ = ["Chain", "HierarchicalVAE", "NO_RAW", "floored", "gaussian", "precision_weighted"]
 
 NO_RAW = ("a hierarchical VAE's q(z|x) has no raw parameters to stop (each layer's factor depends on a sample): "
           "--gradient stl/dreg and the diagnostics that rebuild q need them; use --gradient standard")
+
+
+def floored(params: torch.Tensor, min_log_var: float | str) -> torch.Tensor:
+    """[mu, log sigma^2] (..., 2d) with log sigma^2 clamped from below at min_log_var ("none": unchanged)."""
+    if min_log_var == "none":
+        return params
+    mu, log_var = params.chunk(2, -1)
+    return torch.cat([mu, log_var.clamp(min=min_log_var)], -1)
 
 
 def gaussian(params: torch.Tensor) -> Distribution:
@@ -187,24 +198,29 @@ class HierarchicalVAE(LatentModel):
         else:
             top = Independent(Normal(self.prior_loc, self.prior_scale, validate_args=False), 1)
         order = tuple(reversed(range(len(self.dims))))
-        return Chain(self.dims, order, top, lambda i, z_above: gaussian(self.top_down[i](z_above)))
+        return Chain(self.dims, order, top, lambda i, z_above: gaussian(self._params(self.top_down[i], z_above)))
+
+    def _params(self, net: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """A Gaussian's [mu, log sigma^2] from `net` at h, log sigma^2 floored at the config's min_log_var."""
+        return floored(net(h), self.config.min_log_var)
 
     def _data_gaussians(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Top-down inference's deterministic pass: each layer's [m^_l, log s^_l^2] of x, z_1's first."""
         h, data = x, []
         for features, head in zip(self.features, self.heads):
             h = features(h)
-            data.append(head(h))
+            data.append(floored(head(h), self.config.min_log_var))
         return data
 
     def encode(self, x: torch.Tensor) -> Distribution:
         """q(z|x) over the concatenation, batch shape (...) of x (..., D); bottom-up or top-down (the config's)."""
         order = tuple(range(len(self.dims)))
         if self.config.inference == "bottom-up":
-            return Chain(self.dims, order, gaussian(self.up[0](x)), lambda i, z_below: gaussian(self.up[i](z_below)))
+            return Chain(self.dims, order, gaussian(self._params(self.up[0], x)),
+                         lambda i, z_below: gaussian(self._params(self.up[i], z_below)))
         data = self._data_gaussians(x)
         return Chain(self.dims, order[::-1], gaussian(data[-1]),
-                     lambda i, z_above: precision_weighted(data[i], self.top_down[i](z_above)))
+                     lambda i, z_above: precision_weighted(data[i], self._params(self.top_down[i], z_above)))
 
     def top_posterior(self, x: torch.Tensor) -> Distribution:
         """q(z_L|x), top-down inference's Gaussian of the top layer (the VampPrior's components at pseudo-inputs);

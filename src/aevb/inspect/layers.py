@@ -40,9 +40,19 @@ def _given(chain, layer: int, inference: str | None, which: str) -> str:
     return f"{which}(z_{layer + 1}{cond})"
 
 
-def _is_mixture(dist) -> bool:
-    """Whether a layer's factor is a learned mixture p(z_L) (--prior mog|vamp), not a diagonal Gaussian."""
-    return not hasattr(dist, "base_dist")
+def _whole(dist, which: str) -> str | None:
+    """Why a layer's factor has no per-dimension log-density (a template of q, p and prior), or None for a diagonal
+    Gaussian: a flow q (--flow) or a learned mixture p(z_L) (--prior mog|vamp)."""
+    if hasattr(dist, "base_dist"):
+        return None
+    if which == "q":
+        return "{q} is a flow posterior, whose log-density does not split by dimension"
+    return "{p} is a mixture (--prior {prior}), whose log-density does not split by dimension"
+
+
+def _point(dist) -> torch.Tensor:
+    """A factor's mean, or a flow's location (the flow of its base mean), per datapoint."""
+    return dist.location if hasattr(type(dist), "location") else dist.mean
 
 
 def _kl_splits_in_layer(q, prior, layer: int) -> bool:
@@ -95,17 +105,20 @@ def layer_diagnostics(model, x: torch.Tensor, *, samples: int = LAYER_SAMPLES, t
             if means is None:
                 means = [[] for _ in dims]
                 noise = [torch.zeros(d, dtype=torch.float64, device=x.device) for d in dims]
-                kls = [0.0] * len(dims)  # tensors (d,) once summed; (1,) for a mixture p(z_L)
+                kls = [0.0] * len(dims)  # tensors (d,) once summed; (1,) where the log-densities do not split
+                why = [None] * len(dims)
             z = q.rsample((samples,))  # (S, B, Dz)
-            parts = z.split(dims, -1)
+            parts = q.split(z)  # the layers as drawn (a flow layer's log-density is known at those only)
             qf, pf = q.factors(z), prior.factors(z)
             for layer, zl in enumerate(parts):
-                if _is_mixture(pf[layer]):  # a learned p(z_L): one log-density, no per-dimension terms
+                whole = _whole(qf[layer], "q") or _whole(pf[layer], "p")
+                if whole:  # a flow q or a learned mixture p(z_L): one log-density, no per-dimension terms
+                    why[layer] = whole
                     log_ratio = (qf[layer].log_prob(zl) - pf[layer].log_prob(zl)).double()[..., None]
                 else:
                     log_ratio = (qf[layer].base_dist.log_prob(zl) - pf[layer].base_dist.log_prob(zl)).double()
                 kls[layer] = kls[layer] + log_ratio.mean(0).sum(0)  # (d,) or (1,): summed over the batch
-                m = qf[layer].mean.double().expand_as(zl)  # (S, B, d); the first layer's is the same at every draw
+                m = _point(qf[layer]).double().expand_as(zl)  # (S, B, d); the first layer's is the same at each draw
                 means[layer].append(m.mean(0))
                 if samples > 1:
                     noise[layer] += (m.var(0, unbiased=True) / samples).sum(0)
@@ -118,15 +131,14 @@ def layer_diagnostics(model, x: torch.Tensor, *, samples: int = LAYER_SAMPLES, t
         row = {"layer": layer + 1, "latent_dim": int(d), "q": _given(q, layer, inference, "q"),
                "p": _given(prior, layer, inference, "p"), "active_units": int(active.sum()),
                "posterior_mean_variance": [round(float(v), 6) for v in var], "kl": float(kl_dims.sum())}
-        if kl_dims.numel() == d and _kl_splits_in_layer(q, prior, layer):
+        if why[layer] is None and _kl_splits_in_layer(q, prior, layer):
             row["kl_per_dim"] = [round(float(v), 6) for v in kl_dims]
             row["kl_active"] = float(kl_dims[active].sum())
         else:
             row["kl_per_dim"] = None
             row["kl_active"] = None
             row["kl_per_dim_unavailable"] = (
-                f"{row['p']} is a mixture (--prior {model.config.prior}), whose log-density does not split by "
-                "dimension" if kl_dims.numel() != d else
+                why[layer].format(q=row["q"], p=row["p"], prior=model.config.prior) if why[layer] else
                 f"{row['p']} is conditioned on z_{prior.parent(layer) + 1}, which q draws after z_{layer + 1}: the "
                 f"layer's KL is no expected KL between {row['q']} and {row['p']} and does not split by dimension")
         out.append(row)

@@ -74,7 +74,8 @@ class ModelConfig:
         f"{DEFAULT_HIDDEN})", parse=opt.positive_int)
     stochastic_layers: int = opt.option(
         1, "L stochastic layers z_1..z_L (default 1: the plain VAE); L > 1: a hierarchical VAE (--arch mlp, normal "
-        "posterior; p(z_L) normal, mog or vamp) whose z is the concatenation [z_1, ..., z_L]", parse=opt.positive_int)
+        "posterior; p(z_L) normal, mog or vamp; --flow on the layer q draws first) whose z is the concatenation "
+        "[z_1, ..., z_L]", parse=opt.positive_int)
     latent_dims: tuple[int, ...] | None = opt.option(
         None, "--stochastic-layers L > 1: the sizes of z_1..z_L, comma-separated, z_1 (nearest x) first (default: "
         "--latent-dim each); latent_dim becomes their sum", parse=opt.widths)
@@ -204,16 +205,25 @@ class ModelConfig:
             (single or self.prior != "vamp" or self.inference == "top-down",
              f"{what} --prior vamp needs --inference top-down: the VampPrior's components are q(z_L|u_k), and "
              "bottom-up inference has no q(z_L|x) of x alone"),
-            (single or self.flow is None, f"{what} does not take a flow posterior (--flow {self.flow})"),
         ]
 
     def latent_pair(self) -> str:
         """q(z|x) and p(z) in words, for messages: "q = normal + iaf flow, p = vamp", or the hierarchy."""
         if self.stochastic_layers > 1:
-            top = f" (p(z_L) {self.prior})" if self.prior in LEARNED_PRIORS else ""
-            return f"a {self.stochastic_layers}-layer hierarchy{top}, whose q and p chain the layers,"
+            top = f", p(z_L) {self.prior}" if self.prior in LEARNED_PRIORS else ""
+            flow = f", a {self.flow} flow on z_{1 if self.inference == 'bottom-up' else self.stochastic_layers}" \
+                if self.flow else ""
+            return f"a {self.stochastic_layers}-layer hierarchy{top}{flow}, whose q and p chain the layers,"
         flow = f" + {self.flow} flow" if self.flow else ""
         return f"q = {self.posterior}{flow}, p = {self.prior}"
+
+    @property
+    def flow_latent_dim(self) -> int:
+        """The size of what --flow transforms: z, or in a hierarchy the layer q draws first (z_1 bottom-up, z_L
+        top-down)."""
+        if self.stochastic_layers == 1:
+            return self.latent_dim
+        return self.latent_dims[0] if self.inference == "bottom-up" else self.latent_dims[-1]
 
     @property
     def chw(self) -> tuple[int, int, int] | None:

@@ -131,11 +131,12 @@ class IAF(nn.Module):
 
 
 def build_flow(config) -> nn.Module | None:
-    """The flow of a ModelConfig (its `flow`, `flow_steps`, `flow_hidden`), or None without one."""
+    """The flow of a ModelConfig (its `flow`, `flow_steps`, `flow_hidden`) on `flow_latent_dim` latents (z, or the
+    layer a hierarchy's q draws first), or None without one."""
     if config.flow == "planar":
-        return Planar(config.latent_dim, config.flow_steps)
+        return Planar(config.flow_latent_dim, config.flow_steps)
     if config.flow == "iaf":
-        return IAF(config.latent_dim, config.flow_steps, config.flow_hidden)
+        return IAF(config.flow_latent_dim, config.flow_steps, config.flow_hidden)
     return None
 
 

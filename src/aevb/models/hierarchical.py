@@ -22,8 +22,12 @@ work on it unchanged.
   the top-down inference gives (bottom-up, q(z_L|x) integrates over the lower layers); Tomczak & Welling's
   HVAE + VampPrior has the same structure, q(z_2|x) then q(z_1|x, z_2).
 
+- `--flow planar|iaf` transforms the layer q draws first (z_1 bottom-up, z_L top-down): its Gaussian is followed by
+  the flow (flows.py), whose per-datapoint parameters come from that layer's features; the later layers are drawn
+  given the flowed sample. A flow knows its log-density only at its own draws, and so does such a q.
+
 Both q and p are `Chain`s: drawn ancestrally, with a log-density exact at any z (the product of the factors, each
-given the layer sampled before it). Neither has a closed-form KL (`has_analytic_kl` False: estimator
+given the layer sampled before it; with a flow, at the chain's own draws). Neither has a closed-form KL (`has_analytic_kl` False: estimator
 auto -> sgvb_a) nor factorizes over dimensions (no free bits). q has no raw parameters to stop (each factor depends
 on a sample), so STL and DReG are refused (`NO_RAW`).
 """
@@ -36,6 +40,7 @@ from torch.distributions import Distribution, Independent, Normal, constraints
 from ..nets import mlp
 from .base import LatentModel
 from .config import ModelConfig
+from .flows import FlowPosterior
 from .registry import register_hierarchical
 
 __all__ = ["Chain", "HierarchicalVAE", "NO_RAW", "floored", "gaussian", "precision_weighted"]
@@ -83,15 +88,27 @@ class Chain(Distribution):
     def __init__(self, dims, order, first: Distribution, step):
         self.dims, self.order, self.first, self.step = tuple(dims), tuple(order), first, step
         self.has_rsample = first.has_rsample  # a mixture p(z_L) has none (sample() still draws)
+        self.own_samples_only = getattr(first, "own_samples_only", False)  # a flow layer: log_prob of own draws
         super().__init__(first.batch_shape, torch.Size([sum(self.dims)]), validate_args=False)
 
     def _walk(self, draw):
-        """The layers in order: the first from draw(first), each next from draw(step(l, previous))."""
+        """The layers in order: the first from draw(first), each next from draw(step(l, previous)); the
+        concatenation is remembered with its layers as drawn, so that `split` of it gives them back."""
         parts = {self.order[0]: draw(self.first)}
         for prev, layer in zip(self.order, self.order[1:]):
             parts[layer] = draw(self.step(layer, parts[prev]))
         batch = torch.broadcast_shapes(*(p.shape[:-1] for p in parts.values()))
-        return torch.cat([parts[i].expand(*batch, d) for i, d in enumerate(self.dims)], -1)
+        z = torch.cat([parts[i].expand(*batch, d) for i, d in enumerate(self.dims)], -1)
+        self._last = (z, [parts[i] for i in range(len(self.dims))])
+        return z
+
+    def split(self, value: torch.Tensor) -> list[torch.Tensor]:
+        """value's layers, z_1 first: for this chain's most recent draw the very tensors drawn (a flow layer knows
+        its log-density only at those), else views of value."""
+        last = getattr(self, "_last", None)
+        if last is not None and value is last[0]:
+            return list(last[1])
+        return list(value.split(self.dims, -1))
 
     def _draw(self, method: str, sample_shape) -> torch.Tensor:
         """Every layer drawn by its factor's `method` ("rsample" or "sample"), the first with `sample_shape`."""
@@ -116,7 +133,7 @@ class Chain(Distribution):
         distribution, and for every other layer l its distribution given layer parent(l)'s part of `value`. Each
         is a diagonal Gaussian with event shape (d_l,); log_prob(value) is the sum of their log densities at the
         layers' parts."""
-        parts = value.split(self.dims, -1)
+        parts = self.split(value)
         out: list[Distribution | None] = [None] * len(self.dims)
         out[self.order[0]] = self.first
         for prev, layer in zip(self.order, self.order[1:]):
@@ -124,7 +141,7 @@ class Chain(Distribution):
         return out
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        parts = value.split(self.dims, -1)
+        parts = self.split(value)
         factors = self.factors(value)
         out = factors[self.order[0]].log_prob(parts[self.order[0]])
         for layer in self.order[1:]:
@@ -135,7 +152,7 @@ class Chain(Distribution):
     def location(self) -> torch.Tensor:
         """Each layer at its conditional mean given the previous layer at its own (batch..., Dz): one point of high
         density per datapoint (E[z] has no closed form past the first layer); plots and diagnostics use it."""
-        return self._walk(lambda dist: dist.mean)
+        return self._walk(lambda dist: dist.location if isinstance(dist, FlowPosterior) else dist.mean)
 
 
 def _gaussian_net(in_dim: int, hidden: tuple[int, ...], out_dim: int, activation: str) -> nn.Sequential:
@@ -166,12 +183,16 @@ class HierarchicalVAE(LatentModel):
         if c.inference == "bottom-up":
             self.up = nn.ModuleList([_gaussian_net(c.x_dim, c.hidden, dims[0], act)]
                                     + [_gaussian_net(dims[i], up, dims[i + 1], act) for i in range(L - 1)])
+            flow_in = c.hidden[-1] if c.hidden else c.x_dim
         else:
             width = c.hidden[-1] if c.hidden else c.x_dim
             widths = [width] + [up[-1] if up else width] * (L - 1)  # of h_1, ..., h_L
             self.features = nn.ModuleList([mlp(c.x_dim, c.hidden, act)]
                                           + [mlp(widths[i], up, act) for i in range(L - 1)])
             self.heads = nn.ModuleList(nn.Linear(w, 2 * d) for w, d in zip(widths, dims))
+            flow_in = widths[-1]
+        if self.flow is not None:  # the flow's per-datapoint parameters, from the features of q's first layer
+            self.flow_head = nn.Linear(flow_in, self.flow.n_raw)
         if c.init == "paper":
             self._paper_init()
 
@@ -180,7 +201,7 @@ class HierarchicalVAE(LatentModel):
         """N(0, 0.01^2) weights, zero log-variance outputs (every conditional starts at unit variance) and a zero
         output bias of the likelihood head, as the MLP VAE's."""
         for name, p in self.named_parameters():
-            if not name.startswith("learned_prior."):  # a learned prior keeps its own initialization
+            if not name.startswith(("flow.", "learned_prior.")):  # those keep their own initialization
                 p.normal_(0.0, 0.01)
         heads = [net[-1] for net in self.top_down] + ([net[-1] for net in self.up] if hasattr(self, "up")
                                                        else list(self.heads))
@@ -204,22 +225,30 @@ class HierarchicalVAE(LatentModel):
         """A Gaussian's [mu, log sigma^2] from `net` at h, log sigma^2 floored at the config's min_log_var."""
         return floored(net(h), self.config.min_log_var)
 
-    def _data_gaussians(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Top-down inference's deterministic pass: each layer's [m^_l, log s^_l^2] of x, z_1's first."""
+    def _data_gaussians(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Top-down inference's deterministic pass: each layer's [m^_l, log s^_l^2] of x, z_1's first, and the
+        top features h_L."""
         h, data = x, []
         for features, head in zip(self.features, self.heads):
             h = features(h)
             data.append(floored(head(h), self.config.min_log_var))
-        return data
+        return data, h
+
+    def _first(self, params: torch.Tensor, h: torch.Tensor) -> Distribution:
+        """q's first-drawn layer: the Gaussian of params, through the flow (parameters from features h) if any."""
+        base = gaussian(params)
+        return base if self.flow is None else FlowPosterior(base, self.flow, self.flow_head(h))
 
     def encode(self, x: torch.Tensor) -> Distribution:
         """q(z|x) over the concatenation, batch shape (...) of x (..., D); bottom-up or top-down (the config's)."""
         order = tuple(range(len(self.dims)))
         if self.config.inference == "bottom-up":
-            return Chain(self.dims, order, gaussian(self._params(self.up[0], x)),
+            features, head = self.up[0]
+            h = features(x)
+            return Chain(self.dims, order, self._first(floored(head(h), self.config.min_log_var), h),
                          lambda i, z_below: gaussian(self._params(self.up[i], z_below)))
-        data = self._data_gaussians(x)
-        return Chain(self.dims, order[::-1], gaussian(data[-1]),
+        data, h = self._data_gaussians(x)
+        return Chain(self.dims, order[::-1], self._first(data[-1], h),
                      lambda i, z_above: precision_weighted(data[i], self._params(self.top_down[i], z_above)))
 
     def top_posterior(self, x: torch.Tensor) -> Distribution:
@@ -228,7 +257,7 @@ class HierarchicalVAE(LatentModel):
         if self.config.inference == "bottom-up":
             raise ValueError("bottom-up inference has no q(z_L|x) of x alone: the VampPrior needs --inference "
                              "top-down")
-        return gaussian(self._data_gaussians(x)[-1])
+        return gaussian(self._data_gaussians(x)[0][-1])
 
     def decoder_outputs(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's last hidden layer on z_1, the first d_1 coordinates of z (..., Dz)."""

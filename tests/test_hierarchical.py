@@ -83,6 +83,29 @@ def test_top_down_posterior_is_the_precision_weighted_product():
     np.testing.assert_allclose(model.encode(x).log_prob(z).detach().numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("inference", MODES)
+def test_log_q_of_its_own_draw_reuses_the_factors_it_was_drawn_from(inference):
+    torch.manual_seed(0)
+    model = _randomize(_model(inference).double())
+    calls = []
+    net = model.top_down[0] if inference == "top-down" else model.up[1]
+    net.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.rand(4, 16, dtype=torch.float64)
+    q = model.encode(x)
+    z = q.rsample((3,))
+    drawn = len(calls)
+    own = q.log_prob(z)
+    assert len(calls) == drawn  # no network ran again
+    torch.testing.assert_close(own, q.log_prob(z.clone()), rtol=1e-12, atol=1e-12)
+    assert own.requires_grad
+    z = q.sample((2,))  # drawn without gradients
+    drawn = len(calls)
+    with torch.no_grad():
+        q.log_prob(z)
+    assert len(calls) == drawn
+    assert q.log_prob(z).requires_grad and len(calls) == drawn + 1  # built again, with gradients this time
+
+
 def test_prior_samples_have_the_moments_of_a_linear_gaussian_hierarchy():
     # p(z_1|z_2) = N(A z_2 + b, diag s^2) with constant s: z_1 ~ N(b, A A^T + diag s^2), Cov(z_1, z_2) = A
     torch.manual_seed(0)

@@ -92,23 +92,29 @@ class Chain(Distribution):
         super().__init__(first.batch_shape, torch.Size([sum(self.dims)]), validate_args=False)
 
     def _walk(self, draw):
-        """The layers in order: the first from draw(first), each next from draw(step(l, previous)); the
-        concatenation is remembered with its layers as drawn, so that `split` of it gives them back."""
-        parts = {self.order[0]: draw(self.first)}
+        """The layers in order: the first from draw(first), each next from draw(step(l, previous)). The
+        concatenation is remembered with its layers as drawn and their factors, so that `split` and `factors` of
+        it give them back instead of running the networks again."""
+        factors, parts = {self.order[0]: self.first}, {self.order[0]: draw(self.first)}
         for prev, layer in zip(self.order, self.order[1:]):
-            parts[layer] = draw(self.step(layer, parts[prev]))
+            factors[layer] = self.step(layer, parts[prev])
+            parts[layer] = draw(factors[layer])
         batch = torch.broadcast_shapes(*(p.shape[:-1] for p in parts.values()))
         z = torch.cat([parts[i].expand(*batch, d) for i, d in enumerate(self.dims)], -1)
-        self._last = (z, [parts[i] for i in range(len(self.dims))])
+        layers = range(len(self.dims))
+        self._last = (z, [parts[i] for i in layers], [factors[i] for i in layers], torch.is_grad_enabled())
         return z
+
+    def _own(self, value: torch.Tensor):
+        """This chain's record of its most recent draw if `value` is that very tensor, else None."""
+        last = getattr(self, "_last", None)
+        return last if last is not None and value is last[0] else None
 
     def split(self, value: torch.Tensor) -> list[torch.Tensor]:
         """value's layers, z_1 first: for this chain's most recent draw the very tensors drawn (a flow layer knows
         its log-density only at those), else views of value."""
-        last = getattr(self, "_last", None)
-        if last is not None and value is last[0]:
-            return list(last[1])
-        return list(value.split(self.dims, -1))
+        own = self._own(value)
+        return list(own[1]) if own is not None else list(value.split(self.dims, -1))
 
     def _draw(self, method: str, sample_shape) -> torch.Tensor:
         """Every layer drawn by its factor's `method` ("rsample" or "sample"), the first with `sample_shape`."""
@@ -132,7 +138,11 @@ class Chain(Distribution):
         """Each layer's factor at `value` (..., sum dims), indexed by layer (z_1 first): the first sampled layer's
         distribution, and for every other layer l its distribution given layer parent(l)'s part of `value`. Each
         is a diagonal Gaussian with event shape (d_l,); log_prob(value) is the sum of their log densities at the
-        layers' parts."""
+        layers' parts. For the chain's own most recent draw they are the factors it was drawn from (those built
+        without gradients are built again where gradients are now recorded)."""
+        own = self._own(value)
+        if own is not None and (own[3] or not torch.is_grad_enabled()):
+            return list(own[2])
         parts = self.split(value)
         out: list[Distribution | None] = [None] * len(self.dims)
         out[self.order[0]] = self.first

@@ -21,15 +21,14 @@ work on it unchanged.
   (1/K) sum_k q(z_L|u_k) over K pseudo-inputs. The VampPrior needs q(z_L|x) as a Gaussian of x alone, which only
   the top-down inference gives (bottom-up, q(z_L|x) integrates over the lower layers); Tomczak & Welling's
   HVAE + VampPrior has the same structure, q(z_2|x) then q(z_1|x, z_2).
-
 - `--flow planar|iaf` transforms the layer q draws first (z_1 bottom-up, z_L top-down): its Gaussian is followed by
   the flow (flows.py), whose per-datapoint parameters come from that layer's features; the later layers are drawn
   given the flowed sample. A flow knows its log-density only at its own draws, and so does such a q.
 
 Both q and p are `Chain`s: drawn ancestrally, with a log-density exact at any z (the product of the factors, each
-given the layer sampled before it; with a flow, at the chain's own draws). Neither has a closed-form KL (`has_analytic_kl` False: estimator
-auto -> sgvb_a) nor factorizes over dimensions (no free bits). q has no raw parameters to stop (each factor depends
-on a sample), so STL and DReG are refused (`NO_RAW`).
+given the layer sampled before it; with a flow, at the chain's own draws). Neither has a closed-form KL
+(`has_analytic_kl` False: estimator auto -> sgvb_a) nor factorizes over dimensions (no free bits). q has no raw
+parameters to stop (each factor depends on a sample), so STL and DReG are refused (`NO_RAW`).
 """
 from __future__ import annotations
 

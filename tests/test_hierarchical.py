@@ -474,3 +474,4 @@ def test_command_line_refusals_exit_2_in_one_line(tmp_path, capsys, args, messag
     assert code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert message in err[-1], err
+    assert not (tmp_path / "r").exists()  # nothing left behind, also for refusals found once training starts

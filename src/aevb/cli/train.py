@@ -156,10 +156,12 @@ def _fit_and_finish(model, ds, train_cfg, config, out, device, args, world, *, r
     try:
         history = fit(model, ds.train.to(device), ds.test.to(device), train_cfg, out, progress=not args.no_progress,
                       resume=resume, checkpoint_every=args.checkpoint_every, max_nonfinite=args.max_nonfinite)
-    except torch._dynamo.exc.TorchDynamoException as e:  # only --compile reaches torch.compile
+    except BaseException as e:
         if not resume and world.main:
-            runs.remove_unstarted(out)  # a run that never took a step cannot be resumed without --compile
-        raise compile_failed(e) from None
+            runs.remove_unstarted(out)  # a run refused before its first checkpoint leaves no folder behind
+        if isinstance(e, torch._dynamo.exc.TorchDynamoException):  # only --compile reaches torch.compile
+            raise compile_failed(e) from None
+        raise
     if not world.main:
         return 0
     if config["data"].get("image_shape"):

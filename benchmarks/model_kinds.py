@@ -1,5 +1,6 @@
 """Training speed of each model kind against the plain VAE: +mog, +vamp (learned priors), +planar, +iaf (flows),
-and two-layer hierarchical VAEs (h2-bu: bottom-up inference, h2-td: top-down; 784-[500]-20-[100,100]-20).
+and two-layer hierarchical VAEs (h2-bu: bottom-up inference, h2-td: top-down; 784-[500]-20-[100,100]-20), the
+latter also with the VampPrior on z_2 (h2-td+vamp) and an IAF on q(z_2|x) (h2-td+vamp+iaf).
 
 Every kind is the MLP VAE on MNIST shapes (784 grey levels, Bernoulli likelihood, --hidden 500, Nz = 20) trained by
 aevb's Trainer with Adam at a constant step size, batch 100, one z per datapoint, estimator `auto` (sgvb_b for the
@@ -31,6 +32,8 @@ KINDS = {
     # two stochastic layers of 20 (z = 40 numbers), 100,100 between them
     "h2-bu": {"stochastic_layers": 2, "latent_dims": (20, 20), "inference": "bottom-up"},
     "h2-td": {"stochastic_layers": 2, "latent_dims": (20, 20), "inference": "top-down"},
+    "h2-td+vamp": {"stochastic_layers": 2, "latent_dims": (20, 20), "prior": "vamp"},  # top-down, p(z_2) vamp
+    "h2-td+vamp+iaf": {"stochastic_layers": 2, "latent_dims": (20, 20), "prior": "vamp", "flow": "iaf"},
 }
 
 
@@ -68,14 +71,14 @@ def main() -> None:
         for k, t in trainers.items():
             rates[k].append(rate(t, args.seconds))
     base = statistics.median(rates["vae"])
-    print(f"{'kind':8s} {'estimator':9s} {'samples/s':>10s} {'vs vae':>7s}   (median of {args.rounds} rounds of "
+    print(f"{'kind':14s} {'estimator':9s} {'samples/s':>10s} {'vs vae':>7s}   (median of {args.rounds} rounds of "
           f"{args.seconds:g} s, {args.threads} thread(s))")
     out = {}
     for k, t in trainers.items():
         med = statistics.median(rates[k])
         est = t.eval_estimator
         out[k] = {"samples_per_s": round(med, 1), "ratio": round(med / base, 3), "estimator": est}
-        print(f"{k:8s} {est:9s} {med:10.0f} {med / base:7.2f}")
+        print(f"{k:14s} {est:9s} {med:10.0f} {med / base:7.2f}")
     print(json.dumps({"threads": args.threads, "rounds": args.rounds, "seconds": args.seconds, "kinds": out}))
 
 

@@ -117,6 +117,30 @@ def test_grad_norm_is_the_mean_norm_since_the_last_evaluation(digits):
     assert rec["grad_norm"] == pytest.approx(sum(norms[2:]) / 3, rel=1e-6) and rec["skipped_updates"] == 0
 
 
+@pytest.mark.parametrize("step", ["fused", "autograd"])
+def test_grad_clip_rescales_the_gradients_the_optimizer_sees_to_the_bound(digits, step):
+    seen, logged = [], []
+    for clip in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = VAE(ModelConfig(x_dim=64, latent_dim=3, hidden=(16,)))
+        cfg = TrainConfig(optimizer="adam", lr=3e-3, samples=5000, batch_size=50, seed=1, grad_clip=clip, step=step)
+        t = Trainer(model, digits.train, digits.test, cfg, None, progress=False)
+        real_step, norms = t.optimizer.step, []
+
+        def record(*a, t=t, real_step=real_step, norms=norms, **k):
+            norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in t.params]))))
+            return real_step(*a, **k)
+        t.optimizer.step = record
+        t.train_steps(3)
+        seen.append(norms)
+        logged.append(t.log_eval()["grad_norm"])
+    assert min(seen[0]) > 1.0  # unclipped, the gradients are larger than the bound
+    assert seen[1] == pytest.approx([0.5] * 3, rel=1e-5)  # clipped to it; the first steps agree (same state)
+    assert logged[1] > 1.0  # the logged norm is the one before clipping
+    with pytest.raises(ValueError, match="grad_clip"):
+        TrainConfig(samples=1000, grad_clip=-1.0)
+
+
 def test_cli_stops_a_diverging_run_with_exit_code_2(tmp_path, capsys):
     rc = main(["train", "--dataset", "digits", "--latent-dim", "2", "--hidden", "16", "--samples", "5000",
                "--batch-size", "10", "--lr", "1e30", "--max-nonfinite", "3", "--out", str(tmp_path / "run"),

@@ -59,4 +59,5 @@ class NonFiniteError(FloatingPointError):
         where = f"step {t.checkpoint_step}" if t.checkpoint_step is not None else "none written yet"
         return cls(f"training stopped: {t.streak} updates in a row had a NaN or infinite loss or gradient (at step "
                    f"{t.step}, {t.samples_seen:,} datapoints; {t.skipped} skipped in all); the last checkpoint "
-                   f"({where}) is intact: --resume it with a higher --max-nonfinite, or train again with a lower --lr")
+                   f"({where}) is intact: --resume it with a higher --max-nonfinite, or train again with a lower --lr "
+                   "or a --grad-clip")

@@ -131,6 +131,9 @@ class TrainConfig:
         "them); the test ELBO always on the whole test set", parse=opt.non_negative_int)
     evals_per_decade: int = opt.option(3, "log-spaced evaluations per factor 10 of datapoints")
     ema: float = opt.option(0.0, "decay of a moving average of the weights (0 = off)")
+    grad_clip: float = opt.option(
+        0.0, "rescale a step's gradients to this 2-norm when it is larger (default 0: off); the logged grad_norm is "
+        "the norm before clipping", parse=nats)
     compile: bool = opt.option(False, "torch.compile the estimator (needs a C++ compiler; the first compilation "
                                "takes about a minute)")
     step: str = opt.option(
@@ -178,6 +181,8 @@ class TrainConfig:
             ((self.samples or 1) > 0 and 0 < (self.epochs or 1) < math.inf,
              "the training length must be positive and finite"),
             (self.weight_decay == "prior" or float(self.weight_decay) >= 0, "weight_decay must be 'prior' or >= 0"),
+            (math.isfinite(self.grad_clip) and self.grad_clip >= 0,
+             f"grad_clip must be a finite number >= 0, got {self.grad_clip}"),
             (0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}"),
             (self.shards is None or self.shards >= 1, f"shards must be >= 1, got {self.shards}"),
             *self._kl_checks(),

@@ -24,6 +24,20 @@ from .schedule import eval_points, lr_factor
 from .streams import Batches, Objective, Streams
 
 
+def grad_norm(params, device) -> torch.Tensor:
+    """The 2-norm of all the parameters' gradients (0 without any)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def clip_gradients(params, norm: torch.Tensor, max_norm: float) -> None:
+    """Scale the gradients, whose 2-norm is `norm`, by min(1, max_norm / norm), in place."""
+    grads = [p.grad for p in params if p.grad is not None]
+    torch._foreach_mul_(grads, torch.clamp(max_norm / norm, max=1.0))
+
+
 class Trainer:
     """Holds the state of one training run: model, optimizer, data order, counters; `run()` trains to the end.
 
@@ -125,12 +139,7 @@ class Trainer:
         return xs
 
     def _grad_norm(self) -> torch.Tensor:
-        if self.fused is not None:
-            return self.fused.grad_norm()
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if not grads:
-            return torch.zeros((), device=self.train_x.device)
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        return self.fused.grad_norm() if self.fused is not None else grad_norm(self.params, self.train_x.device)
 
     def train_steps(self, n_steps: int, bar=None) -> torch.Tensor:
         """Run n_steps of Algorithm 1; returns the summed ELBO of this process's datapoints as a device tensor.
@@ -173,7 +182,10 @@ class Trainer:
         return running
 
     def _update(self, norm: torch.Tensor) -> None:
-        """The optimizer step and the weight average's, after a finite loss and gradient."""
+        """The optimizer step (after clipping, with cfg.grad_clip) and the weight average's, after a finite loss and
+        gradient."""
+        if self.cfg.grad_clip:
+            clip_gradients(self.params, norm, self.cfg.grad_clip)
         self.optimizer.step()
         if self.ema is not None:
             # bias-corrected start: the average covers only the steps taken so far

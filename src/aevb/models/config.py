@@ -21,7 +21,7 @@ INITS = ("paper", "torch")
 INFERENCE = ("bottom-up", "top-down")  # --stochastic-layers L > 1: the two inference models (hierarchical.py)
 DEFAULT_UPPER_HIDDEN = (100, 100)  # the IWAE paper's widths between its two stochastic layers
 # log sigma^2 of every Gaussian of a hierarchy is clamped from below here (Tomczak & Welling's HVAE clamps at -6):
-# unbounded, a top-down hierarchy can drive p(z_1|z_2) and q(z_1|z_2, x) to variances near e^-21 and its loss to NaN
+# unbounded, a top-down MNIST hierarchy had p(z_1|z_2) at variances near e^-21 before its loss turned NaN
 DEFAULT_MIN_LOG_VAR = -6.0
 
 

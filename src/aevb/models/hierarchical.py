@@ -15,8 +15,8 @@ work on it unchanged.
   m_q = s_q^2 (m^_l / s^_l^2 + m_l / s_l^2). The top-down networks are shared by q and p.
 
 - Every Gaussian's log sigma^2 is clamped from below at `--min-log-var` (default -6, Tomczak & Welling's bound;
-  `none` for none): unbounded, a top-down hierarchy can drive p(z_1|z_2) and q(z_1|z_2, x) together to variances
-  near e^-21, where its loss turns NaN. The precision-weighted product may lie below the floor (by log 2 at most).
+  `none` for none): unbounded, a top-down MNIST hierarchy had p(z_1|z_2) at variances near e^-21 (precisions
+  near 1e9) before its loss turned NaN. The precision-weighted product may lie below the floor (by log 2 at most).
 - p(z_L) may be learned instead (`--prior mog|vamp`, priors.py): a mixture of K Gaussians, or the VampPrior
   (1/K) sum_k q(z_L|u_k) over K pseudo-inputs. The VampPrior needs q(z_L|x) as a Gaussian of x alone, which only
   the top-down inference gives (bottom-up, q(z_L|x) integrates over the lower layers); Tomczak & Welling's

@@ -32,6 +32,8 @@ parameters to stop (each factor depends on a sample), so STL and DReG are refuse
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal, constraints
@@ -73,6 +75,15 @@ def precision_weighted(data: torch.Tensor, top: torch.Tensor) -> Distribution:
     return Independent(Normal(mu, torch.exp(0.5 * log_var), validate_args=False), 1)
 
 
+class _Draw(NamedTuple):
+    """A chain's most recent draw: the concatenation z, its layers as drawn and their factors (z_1 first), and
+    whether the factors were built recording gradients."""
+    z: torch.Tensor
+    parts: list
+    factors: list
+    with_grad: bool
+
+
 class Chain(Distribution):
     """A distribution over z = [z_1, ..., z_L] (z_1 first, sizes `dims`) built ancestrally in `order` (layer
     indices, the first sampled first): `first` is the first sampled layer's distribution (batch shape (...)) and
@@ -101,10 +112,10 @@ class Chain(Distribution):
         batch = torch.broadcast_shapes(*(p.shape[:-1] for p in parts.values()))
         z = torch.cat([parts[i].expand(*batch, d) for i, d in enumerate(self.dims)], -1)
         layers = range(len(self.dims))
-        self._last = (z, [parts[i] for i in layers], [factors[i] for i in layers], torch.is_grad_enabled())
+        self._last = _Draw(z, [parts[i] for i in layers], [factors[i] for i in layers], torch.is_grad_enabled())
         return z
 
-    def _own(self, value: torch.Tensor):
+    def _own(self, value: torch.Tensor) -> _Draw | None:
         """This chain's record of its most recent draw if `value` is that very tensor, else None."""
         last = getattr(self, "_last", None)
         return last if last is not None and value is last[0] else None
@@ -113,7 +124,7 @@ class Chain(Distribution):
         """value's layers, z_1 first: for this chain's most recent draw the very tensors drawn (a flow layer knows
         its log-density only at those), else views of value."""
         own = self._own(value)
-        return list(own[1]) if own is not None else list(value.split(self.dims, -1))
+        return list(own.parts) if own is not None else list(value.split(self.dims, -1))
 
     def _draw(self, method: str, sample_shape) -> torch.Tensor:
         """Every layer drawn by its factor's `method` ("rsample" or "sample"), the first with `sample_shape`."""
@@ -140,8 +151,8 @@ class Chain(Distribution):
         layers' parts. For the chain's own most recent draw they are the factors it was drawn from (those built
         without gradients are built again where gradients are now recorded)."""
         own = self._own(value)
-        if own is not None and (own[3] or not torch.is_grad_enabled()):
-            return list(own[2])
+        if own is not None and (own.with_grad or not torch.is_grad_enabled()):
+            return list(own.factors)
         parts = self.split(value)
         out: list[Distribution | None] = [None] * len(self.dims)
         out[self.order[0]] = self.first
@@ -240,7 +251,7 @@ class HierarchicalVAE(LatentModel):
         h, data = x, []
         for features, head in zip(self.features, self.heads):
             h = features(h)
-            data.append(floored(head(h), self.config.min_log_var))
+            data.append(self._params(head, h))
         return data, h
 
     def _first(self, params: torch.Tensor, h: torch.Tensor) -> Distribution:
@@ -254,7 +265,7 @@ class HierarchicalVAE(LatentModel):
         if self.config.inference == "bottom-up":
             features, head = self.up[0]
             h = features(x)
-            return Chain(self.dims, order, self._first(floored(head(h), self.config.min_log_var), h),
+            return Chain(self.dims, order, self._first(self._params(head, h), h),
                          lambda i, z_below: gaussian(self._params(self.up[i], z_below)))
         data, h = self._data_gaussians(x)
         return Chain(self.dims, order[::-1], self._first(data[-1], h),

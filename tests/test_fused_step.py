@@ -10,7 +10,7 @@ from aevb.cli import main
 from aevb.data import load
 from aevb.estimators import ESTIMATORS
 from aevb.train import Trainer
-from aevb.train.fused import FusedStep, resolve_step, uncovered
+from aevb.train.fused import FusedStep, bf16_supported, resolve_step, uncovered
 from aevb.train.streams import Objective, Streams
 
 
@@ -229,3 +229,103 @@ def test_a_run_from_before_the_option_resumes_on_autograd():
     del d["step"]
     assert TrainConfig.from_dict(d).step == "autograd"
     assert TrainConfig.from_dict({**d, "step": "fused"}).step == "fused"
+
+
+# -- --precision bf16: the backward's products and the logits in bfloat16 ------------------------------------------
+needs_bf16 = pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no native bfloat16 matrix products")
+
+
+def _rel(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@needs_bf16
+@pytest.mark.parametrize("activation, hidden, num_samples", [("tanh", (32,), 1), ("relu", (32, 24), 3)])
+def test_bf16_gradients_are_autograds_to_bfloat16_precision(activation, hidden, num_samples):
+    """Each gradient within bfloat16's rounding (8 significant bits: 2^-8 = 0.4%) of float32 autograd's, and not
+    equal to it (the products really ran in bfloat16); the encoder's forward products stay float32."""
+    model = _model(activation, hidden, latent=8, x_dim=256, seed=3)
+    x = torch.rand(64, 256)
+    streams = Streams([0], 7, x.device)
+    objective = Objective(model, ESTIMATORS["sgvb_b"], streams, num_samples, "standard")
+    state = torch.get_rng_state()
+    loss, elbo = objective([x], 0)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    with torch.no_grad():
+        raw = model.enc_head(model.encoder(x))
+    torch.set_rng_state(state)
+    step = FusedStep(objective, precision="bf16")
+    f_loss, f_elbo = step([x], 0)
+    torch.testing.assert_close(step.buffers.raw, raw, rtol=1e-5, atol=1e-6)  # float32 encoder
+    # the loss from logits rounded to bfloat16: a relative error far below one rounding (4e-3) after the sum
+    loss = loss.detach()
+    assert abs(float(f_loss) - float(loss)) / abs(float(loss)) < 2e-3
+    assert abs(float(f_elbo) - float(elbo)) / abs(float(elbo)) < 2e-3
+    errors = [_rel(p.grad, g) for p, g in zip(model.parameters(), grads)]
+    assert max(errors) < 1e-2, errors
+    weights = [e for (name, _), e in zip(model.named_parameters(), errors) if name.endswith("weight")]
+    assert min(weights) > 1e-4, weights  # float32 alone would agree to 1e-6
+
+
+@needs_bf16
+def test_bf16_mirrors_follow_the_weights():
+    """The bfloat16 copies of the weights are refreshed at every step: after a change of the weights the step gives
+    the gradients of the new weights."""
+    model = _model("relu", (32,), x_dim=64)
+    objective = Objective(model, ESTIMATORS["sgvb_b"], Streams([0], 7, torch.device("cpu")), 1, "standard")
+    step = FusedStep(objective, precision="bf16")
+    x = torch.rand(16, 64)
+    step([x], 0)
+    with torch.no_grad():
+        model.dec_head.out.weight.mul_(3.0)
+    torch.manual_seed(5)
+    step([x], 0)
+    fused_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    loss, _ = objective([x], 0)
+    loss.backward()
+    for p, g in zip(model.parameters(), fused_grads):
+        assert _rel(g, p.grad) < 2e-2
+
+
+def test_bf16_refusals(monkeypatch):
+    vae = _model()
+    with pytest.raises(ValueError, match="--precision bf16 needs the fused step, which does not cover --step autograd"):
+        resolve_step(TrainConfig(samples=100, step="autograd", precision="bf16"), vae)
+    with pytest.raises(ValueError, match="does not cover prior vamp"):
+        resolve_step(TrainConfig(samples=100, precision="bf16"), _model(prior="vamp"))
+    monkeypatch.setattr("aevb.train.fused.bf16_supported", lambda device: False)
+    with pytest.raises(ValueError, match="native bf16 matrix products .* the cpu device here has none"):
+        resolve_step(TrainConfig(samples=100, precision="bf16"), vae)
+    assert resolve_step(TrainConfig(samples=100, precision="float32"), vae) == "fused"
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        TrainConfig(samples=100, precision="fp16")
+    with pytest.raises(ValueError, match="unknown precision"):
+        FusedStep(Objective(vae, ESTIMATORS["sgvb_b"], Streams([0], 1, torch.device("cpu")), 1, "standard"), "x")
+
+
+def test_cli_precision_bf16_refused_where_it_does_not_apply_exits_2(tmp_path, capsys, monkeypatch):
+    assert _train(tmp_path, "x", "--precision", "bf16", "--prior", "vamp") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--precision bf16 needs the fused step" in err
+    assert not (tmp_path / "x").exists()
+    monkeypatch.setattr("aevb.train.fused.bf16_supported", lambda device: False)
+    assert _train(tmp_path, "y", "--precision", "bf16") == 2
+    assert "native bf16" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
+
+
+@needs_bf16
+def test_cli_records_bf16_and_resumes_with_it(tmp_path):
+    assert _train(tmp_path, "b", "--precision", "bf16") == 0
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["train"]["precision"] == "bf16" and config["train"]["step"] == "fused"
+    assert main(["train", "--resume", str(tmp_path / "b"), "--no-progress"]) == 0
+
+
+def test_a_run_from_before_precision_loads_as_float32():
+    d = TrainConfig(samples=100).to_dict()
+    del d["precision"]
+    assert TrainConfig.from_dict(d).precision == "float32"

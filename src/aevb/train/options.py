@@ -14,7 +14,7 @@ from .. import options as opt
 from ..data import DATASETS, SPLITS
 from ..estimators import ESTIMATORS, GRADIENTS
 from ..optim import OPTIMIZERS
-from .fused import STEPS
+from .fused import PRECISIONS, STEPS
 from .presets import PAPER_LR_CANDIDATES
 
 SCHEDULES = ("constant", "cosine")
@@ -140,6 +140,10 @@ class TrainConfig:
         "auto", "the training step: fused (a hand-written forward and backward of the plain MLP VAE with estimator "
         "sgvb_b, its Bernoulli likelihood and normal posterior and prior, in one process), autograd, or auto: fused "
         "where it covers the model and options, else autograd", choices=STEPS)
+    precision: str = opt.option(
+        "float32", "matrix products of the training step: float32, or bf16 (the fused step's backward products and "
+        "its logits in bfloat16 with float32 accumulation, for CPUs with AVX512-BF16 or AMX and GPUs with bf16; the "
+        "weights, the optimizer and every logged ELBO stay float32)", choices=PRECISIONS)
     tensorboard: bool = opt.option(False, "also write TensorBoard event files into the run folder (needs: pip "
                                    "install tensorboard)")
     seed: int = opt.option(0, "random seed (default 0)")
@@ -171,6 +175,8 @@ class TrainConfig:
              f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}"),
             (self.step in STEPS, f"unknown step {self.step!r}; choose from {', '.join(STEPS)}"),
+            (self.precision in PRECISIONS,
+             f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}"),
             (self.binarize in BINARIZE, f"unknown binarization {self.binarize!r}; choose from {', '.join(BINARIZE)}"),
             (all(0 < v < math.inf for v in (self.lr, *self.lr_candidates)),
              "learning rates must be positive and finite"),

@@ -103,7 +103,7 @@ class Trainer:
                                    kl_warmup=cfg.kl_warmup, free_bits=cfg.free_bits)
         self.forward = self.objective
         self.step_path = fused.resolve_step(cfg, model, self.world.size)
-        self.fused = fused.FusedStep(self.objective) if self.step_path == "fused" else None
+        self.fused = fused.FusedStep(self.objective, cfg.precision) if self.step_path == "fused" else None
         if self.world.size > 1:
             from torch.nn.parallel import DistributedDataParallel
 

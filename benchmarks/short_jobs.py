@@ -1,11 +1,12 @@
 """Short jobs as whole processes on one core: `aevb train --samples 1000`, and the pytorch/examples VAE job (784-400-
 ReLU-20, Adam 1e-3, M = 128, 2 epochs) run by aevb against the same job run by a loop written the way
 pytorch/examples/vae/main.py is (per-item PIL images, a shuffling DataLoader, BCE on probabilities, `.item()` per
-step, a test pass after each epoch). Each command is a fresh process pinned to one core with one thread; the two
-2-epoch jobs alternate, `--repeats` times. Prints one JSON object: wall seconds (median and all), the test ELBO each
-job reports, and the speed-up.
+step, a test pass after each epoch). Each command is a fresh process pinned to one core with one thread; the 2-epoch
+jobs alternate, `--repeats` times; with `--bf16` (on a CPU with native bfloat16) aevb's job also runs with
+`--precision bf16` in the same rotation. Prints one JSON object: wall seconds (median and all), the test ELBO each
+job reports, and the speed-ups.
 
-    python benchmarks/short_jobs.py --data-dir ../shared/data
+    python benchmarks/short_jobs.py --data-dir ../shared/data [--bf16]
 """
 from __future__ import annotations
 
@@ -125,16 +126,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True, help="folder with mnist/ (the IDX files)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--bf16", action="store_true", help="also aevb's job with --precision bf16")
     p.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.reference:
         return reference_main(args.data_dir)
     tiny = [aevb_job(["--samples", "1000"], args.data_dir) for _ in range(args.repeats)]
-    ours, ref = [], []
-    for _ in range(args.repeats):  # alternating, so both see the same machine
+    ours, ref, low = [], [], []
+    for _ in range(args.repeats):  # alternating, so all see the same machine
         ours.append(aevb_job(EXAMPLES_JOB, args.data_dir))
         ref.append(reference_job(args.data_dir))
+        if args.bf16:
+            low.append(aevb_job([*EXAMPLES_JOB, "--precision", "bf16"], args.data_dir))
     med = lambda runs: statistics.median(s for s, _ in runs)  # noqa: E731
+    bf16 = {"aevb_bf16_seconds_median": round(med(low), 2), "bf16_speedup": round(med(ref) / med(low), 2),
+            "aevb_bf16_test_elbo": [round(e, 2) for _, e in low], "aevb_bf16_seconds": [round(s, 2) for s, _ in low]
+            } if low else {}
     print(json.dumps({
         "aevb_train_samples_1000": {"seconds_median": round(med(tiny), 2), "seconds": [round(s, 2) for s, _ in tiny]},
         "examples_2_epochs": {
@@ -142,6 +149,7 @@ def main() -> None:
             "speedup": round(med(ref) / med(ours), 2),
             "aevb_test_elbo": [round(e, 2) for _, e in ours], "reference_test_elbo": [round(e, 2) for _, e in ref],
             "aevb_seconds": [round(s, 2) for s, _ in ours], "reference_seconds": [round(s, 2) for s, _ in ref],
+            **bf16,
         },
     }, indent=1))
 

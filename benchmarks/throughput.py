@@ -4,13 +4,15 @@ Measures in one process, for each thread count of --threads (default 1 and 2), i
 hits every contender alike:
   (a) samples/s of aevb's trainer for the paper's MNIST model (784-500-tanh-20, M=100, Adagrad) and for
       pytorch/examples' model (784-400-ReLU-20, Adam, M=128), on each training step: the fused step
-      (aevb.train.fused, `--step fused`) and autograd (`--step autograd`);
+      (aevb.train.fused, `--step fused`) and autograd (`--step autograd`), and where the CPU multiplies bfloat16
+      natively, the fused step with `--precision bf16`;
   (b) the same two models trained by a reference loop written the way pytorch/examples/vae is (per-sample
       Dataset that, like torchvision's MNIST with ToTensor, makes a PIL image per item; shuffling DataLoader;
       sigmoid then BCE on probabilities; .item() every step);
   (a') aevb with --compile (torch.compile of the estimator, autograd step), after its compilation;
   (c) the ceiling: the samples/s of the step's matrix products alone at the model's real shapes (`gemm_only`),
       and the float32 matmul roofline of this machine turned into samples/s from each model's FLOPs per datapoint;
+      for bf16, also its own ceiling: the same products with the operands that `--precision bf16` gives them;
 and the cost of the trainer's minibatch (index, and dynamic binarization's torch.bernoulli), and peak resident
 memory of a real `aevb train` run on MNIST (a subprocess). Prints a table and one JSON summary with the ratios.
 Usage: python benchmarks/throughput.py --data-dir ../shared/data [--threads 1,2] [--no-compile]
@@ -35,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from aevb import VAE, ModelConfig, TrainConfig
 from aevb.data import load
 from aevb.train import Trainer
+from aevb.train.fused import bf16_supported
 
 MODELS = {
     "paper": dict(hidden=500, activation="tanh", optimizer="adagrad", lr=0.02, batch=100),
@@ -61,21 +64,24 @@ def matmul_roofline(n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 / best
 
 
-def gemm_only(spec: dict, seconds: float = 2.0) -> float:
+def gemm_only(spec: dict, seconds: float = 2.0, precision: str = "float32") -> float:
     """Samples/s if a training step were nothing but its matrix products (forward, input and weight gradients) at
-    the model's real shapes: the ceiling for this batch size, below the large-matmul roofline."""
+    the model's real shapes: the ceiling for this batch size, below the large-matmul roofline. With precision
+    "bf16", the products the fused step takes in bfloat16 (the backward's and the logits') have bfloat16 operands."""
     m, h = spec["batch"], spec["hidden"]
     layers = [(784, h), (h, 40), (20, h), (h, 784)]
+    low = torch.bfloat16 if precision == "bf16" else torch.float32
     xs = [torch.randn(m, i) for i, _ in layers]
     ws = [torch.randn(o, i) for i, o in layers]
-    gs = [torch.randn(m, o) for _, o in layers]
+    gs = [torch.randn(m, o, dtype=low) for _, o in layers]
+    xs16, ws16 = [x.to(low) for x in xs], [w.to(low) for w in ws]
 
     def step():
         for k, (x, w, g) in enumerate(zip(xs, ws, gs)):
-            x @ w.T
-            g.T @ x
+            (xs16[k] @ ws16[k].T) if k == len(layers) - 1 else (x @ w.T)
+            g.T @ xs16[k]
             if k:  # no input gradient for the first layer
-                g @ w
+                g @ ws16[k]
 
     for _ in range(10):
         step()
@@ -87,14 +93,16 @@ def gemm_only(spec: dict, seconds: float = 2.0) -> float:
 
 
 # -- aevb ---------------------------------------------------------------------------------------------------------
-def aevb_trainer(x: torch.Tensor, spec: dict, compile: bool = False, step: str = "auto") -> Trainer:
+def aevb_trainer(x: torch.Tensor, spec: dict, compile: bool = False, step: str = "auto",
+                 precision: str = "float32") -> Trainer:
     torch.manual_seed(0)
     init = "paper" if spec["optimizer"] == "adagrad" else "torch"
     model = VAE(ModelConfig(784, 20, (spec["hidden"],), spec["activation"], "bernoulli", init))
     cfg = TrainConfig(optimizer=spec["optimizer"], lr=spec["lr"], batch_size=spec["batch"], schedule="constant",
                       warmup_steps=100 if spec["optimizer"] == "adagrad" else 0,
                       weight_decay="prior" if spec["optimizer"] == "adagrad" else 0.0,
-                      replacement=spec["optimizer"] == "adagrad", samples=10**9, compile=compile, step=step)
+                      replacement=spec["optimizer"] == "adagrad", samples=10**9, compile=compile, step=step,
+                      precision=precision)
     trainer = Trainer(model, x, x[:1000], cfg, run_dir=None, progress=False)
     assert step == "auto" or trainer.step_path == step
     return trainer
@@ -239,18 +247,23 @@ def peak_rss_of_train(data_dir: str) -> float:
 def measure(ds, images_uint8, spec: dict, args, compiled) -> dict:
     """The contenders for one model at the current thread count, interleaved over args.rounds rounds."""
     fused, autograd = aevb_trainer(ds.train, spec, step="fused"), aevb_trainer(ds.train, spec, step="autograd")
+    bf16 = aevb_trainer(ds.train, spec, step="fused", precision="bf16") if bf16_supported("cpu") else None
     ref = reference_loop(images_uint8, spec)
-    for trainer in (fused, autograd):
-        time_aevb(trainer, 150)  # warm-up (includes the paper's 100 accumulate-only minibatches)
+    for trainer in (fused, autograd, bf16):
+        if trainer is not None:
+            time_aevb(trainer, 150)  # warm-up (includes the paper's 100 accumulate-only minibatches)
     if compiled is not None:
         time_aevb(compiled, 20)
     ref(20)
     steps_f = max(50, int(args.seconds * time_aevb(fused, 100) / spec["batch"]))
     steps_a = max(50, int(args.seconds * time_aevb(autograd, 100) / spec["batch"]))
     steps_r = max(20, int(args.seconds * ref(30) / spec["batch"]))
-    f, a, c, r, roof, gemm = [], [], [], [], [], []
+    f, a, c, r, roof, gemm, b, gemm_b = [], [], [], [], [], [], [], []
     for _ in range(args.rounds):
         f.append(time_aevb(fused, steps_f))
+        if bf16 is not None:
+            b.append(time_aevb(bf16, steps_f))
+            gemm_b.append(gemm_only(spec, precision="bf16"))
         a.append(time_aevb(autograd, steps_a))
         if compiled is not None:
             c.append(time_aevb(compiled, steps_a))
@@ -283,6 +296,13 @@ def measure(ds, images_uint8, spec: dict, args, compiled) -> dict:
         "rounds": {"fused": [round(v) for v in f], "autograd": [round(v) for v in a],
                    "gemm_only": [round(v) for v in gemm], "reference": [round(v) for v in r]},
     }
+    if b:
+        out.update({"bf16_samples_per_s": round(med(b)), "bf16_gemm_only_samples_per_s": round(med(gemm_b)),
+                    "bf16_fraction_of_gemm_only": round(med(b) / med(gemm), 3),
+                    "bf16_fraction_of_bf16_gemm_only": round(med(b) / med(gemm_b), 3),
+                    "bf16_speedup_vs_reference": round(med(b) / med(r), 2),
+                    "bf16_speedup_vs_fused": round(med(b) / med(f), 2)})
+        out["rounds"].update({"bf16": [round(v) for v in b], "bf16_gemm_only": [round(v) for v in gemm_b]})
     if c:
         out.update({"compiled_samples_per_s": round(med(c)),
                     "compiled_speedup_vs_reference": round(med(c) / med(r), 2),

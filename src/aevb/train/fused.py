@@ -215,7 +215,7 @@ class FusedStep:
         # the weights transposed, as the forward products take them (views, made once)
         self.enc_t = [w.t() for w, _ in self.enc]
         self.dec_t = [w.t() for w, _ in self.dec]
-        self.head_t, self.out_t = self.head[0].t(), self.out[0].t()
+        self.head_t = self.head[0].t()
         # every gradient is a view of one flat buffer: one pass gives the gradient norm
         self.flat = torch.empty(sum(p.numel() for p in self.params), dtype=self.dtype, device=self.device)
         self.grads, at = [], 0

@@ -25,7 +25,7 @@ HIERARCHY = ["--stochastic-layers", "2", "--latent-dims", "40,40", "--upper-hidd
              "--grad-clip", "200"]
 ROWS = {  # name: (train flags, published NLL and source)
     "vamp": (["--prior", "vamp", "--samples", "5e6"], "85.57 (Tomczak & Welling 2018, VAE + VampPrior)"),
-    "hvae": ([*HIERARCHY, "--inference", "top-down", "--samples", "1.5e7"],
+    "hvae": ([*HIERARCHY, "--inference", "top-down", "--samples", "2.2e7"],
              "85.33 (Burda et al. 2016, two-layer VAE)"),
     "hvae-vamp": ([*HIERARCHY, "--prior", "vamp", "--samples", "5e6"],
                   "83.19 (Tomczak & Welling 2018, HVAE + VampPrior)"),

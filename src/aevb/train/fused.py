@@ -122,18 +122,19 @@ def resolve_step(cfg, model, world_size: int = 1) -> str:
     return "autograd"
 
 
-def _mm_bf16(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
-    """out = a @ b from bfloat16 operands (float32 accumulation, a bfloat16 result) into the float32 `out`."""
-    out.copy_(torch.mm(a.to(torch.bfloat16), b.to(torch.bfloat16)))
-
-
 def _addmm_bf16(bias, a, b, *, beta=1.0, alpha=1.0, out: torch.Tensor) -> None:
-    """out = beta bias + alpha a @ b as `_mm_bf16` does the product; beta 0 ignores bias."""
+    """out = beta bias + alpha a @ b from bfloat16 operands (float32 accumulation, a bfloat16 result) into the
+    float32 `out`; beta 0 ignores bias."""
     a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
     if beta == 0:
         torch.mul(torch.mm(a16, b16), alpha, out=out)
     else:
         out.copy_(torch.addmm(bias.to(torch.bfloat16), a16, b16, beta=beta, alpha=alpha))
+
+
+def _mm_bf16(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor) -> None:
+    """out = a @ b as `_addmm_bf16` computes it."""
+    _addmm_bf16(None, a, b, beta=0, out=out)
 
 
 def _group(d: int) -> int | None:
@@ -238,7 +239,6 @@ class FusedStep:
         self.minus_one, self.one, self.half = self._tensor(-1.0), self._tensor(1.0), self._tensor(0.5)
         self.buffers: _Buffers | None = None
         # the products in bfloat16 (see the module docstring): the backward's and the logits'
-        self.precision = precision
         bf16 = precision == "bf16"
         self.mm = _mm_bf16 if bf16 else torch.mm
         self.addmm = _addmm_bf16 if bf16 else torch.addmm

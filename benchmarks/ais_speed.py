@@ -3,12 +3,15 @@ implementation (copied below, as it was) against the library's, on the same mode
 one process.
 
 Usage: python benchmarks/ais_speed.py RUN --data-dir ../shared/data [--limit 200] [--methods ais,hmc]
-       [--ais-steps 500] [--also-ais-steps 50,100] [--repeats 1] [--threads 1]
+       [--ais-steps 500] [--also-ais-steps 50,100] [--bf16] [--skip-old] [--repeats 1] [--threads 1]
 
 Prints one JSON line per timing and a summary per method: seconds (best of --repeats), mean log p(x) with its
 standard error over datapoints, the mean and standard error of the per-datapoint difference new - old (the same
 points, so most of the spread between datapoints cancels) and the speed-up. --also-ais-steps times the new AIS
-at fewer temperatures as well, against the old one at --ais-steps.
+at fewer temperatures as well, against the old one at --ais-steps. --bf16 adds each new version again with
+`precision="bf16"` (the gradients inside the leapfrog trajectories under bfloat16 autocast), where the CPU
+multiplies bfloat16 natively. --skip-old leaves the former implementation out (no speed-ups then; the differences
+are taken against the first new version).
 """
 from __future__ import annotations
 
@@ -180,6 +183,8 @@ def main() -> None:
     p.add_argument("--methods", default="ais,hmc")
     p.add_argument("--ais-steps", type=int, default=500, help="temperatures of both AIS versions (default 500)")
     p.add_argument("--also-ais-steps", default="", help="comma-separated temperatures of extra new-AIS runs")
+    p.add_argument("--bf16", action="store_true", help="also each new version with precision bf16")
+    p.add_argument("--skip-old", action="store_true", help="leave the former implementation out")
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds; the best seconds count")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -193,6 +198,12 @@ def main() -> None:
                 "ais": {"old": (old_ais, {"num_steps": args.ais_steps}), "new": (ais, {"num_steps": args.ais_steps})}}
     for t in filter(None, args.also_ais_steps.split(",")):
         versions["ais"][f"new T={int(t)}"] = (ais, {"num_steps": int(t)})
+    for method, table in versions.items():
+        if args.bf16:
+            table.update({f"{label} bf16": (fn, {**kw, "precision": "bf16"})
+                          for label, (fn, kw) in list(table.items()) if label != "old"})
+        if args.skip_old:
+            del table["old"]
     print(json.dumps({"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "n": x.shape[0]}))
     for method in args.methods.split(","):
         results = {}
@@ -201,9 +212,11 @@ def main() -> None:
                 seconds, log_px = _timed(f"{method} {label}", fn, model, x, **kw)
                 best = results.get(label, (math.inf, None))[0]
                 results[label] = (min(best, seconds), log_px)
+        base = "old" if "old" in results else next(iter(results))
         for label in results:
-            if label != "old":
-                print(json.dumps({**_summary_line(method, results["old"], results[label]), "version": label}))
+            if label != base:
+                print(json.dumps({**_summary_line(method, results[base], results[label]), "version": label,
+                                  "against": base}))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from ..inspect.diagnostics import diagnose
 from ..inspect.plots import sample_grid, save_image
 from ..load import load_run
 from ..marginal import ais, log_likelihood
+from ..marginal.hmc import check_precision
 from ..train import EVAL_BINARIZATION_SEEDS
 from .common import UsageError, check_positive, compile_failed, device as get_device, run_and_data
 
@@ -50,6 +51,8 @@ def _eval_marginal(args, model, config, ds, device) -> dict:
     if args.method == "ais":
         ais_settings = {"chains": k or AIS_DEFAULTS["num_chains"],
                         "ais_steps": kw.get("num_steps", AIS_DEFAULTS["num_steps"])}
+    if "precision" in kw:
+        ais_settings["precision"] = kw["precision"]
     return {"run": str(args.run), "method": args.method, "k": k, **ais_settings, "split": args.split,
             "n": int(x.shape[0]),
             "log_likelihood": r["mean"], "stderr": r["stderr"], "nll": -r["mean"], "elbo": elbo["elbo"],
@@ -60,8 +63,8 @@ def _eval_marginal(args, model, config, ds, device) -> dict:
 
 
 def _method_options(args) -> dict:
-    """The keyword arguments of the chosen log p(x) estimator from --k, --chains, --ais-steps, --compile, --seed
-    and --no-progress."""
+    """The keyword arguments of the chosen log p(x) estimator from --k, --chains, --ais-steps, --compile,
+    --precision, --seed and --no-progress."""
     if args.method == "grid":
         return {}
     kw = {"seed": args.seed, "progress": not args.no_progress}
@@ -72,6 +75,8 @@ def _method_options(args) -> dict:
                   **({"num_steps": args.ais_steps} if args.ais_steps is not None else {}))
     if args.method == "is":
         kw["compile"] = args.compile
+    if args.method in ("ais", "hmc"):
+        kw["precision"] = args.precision
     return kw
 
 
@@ -84,6 +89,9 @@ def _check_method_flags(args) -> None:
         raise UsageError("--k and --chains both set the chains of --method ais; give one of them")
     if args.compile and args.method != "is":
         raise UsageError("--compile applies to --method is")
+    if args.precision != "float32" and args.method not in ("ais", "hmc"):
+        raise UsageError(f"--precision {args.precision} applies to --method ais and hmc (the gradients of their "
+                         "HMC trajectories)")
 
 
 def _eval_diagnostics(args, model, config, ds, device) -> dict:
@@ -106,6 +114,7 @@ def cmd_eval(args) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = get_device(args.device)
+    check_precision(args.precision, device)
     model, config, ds = run_and_data(args.run, args.data_dir, device)
     if args.diagnostics:
         print(json.dumps(_eval_diagnostics(args, model, config, ds, device)))

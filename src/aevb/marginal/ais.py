@@ -5,7 +5,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .common import PILOT_CHAINS, _batches, _check_positive, _evaluating, _hmc_chunk, _logmeanexp, _summary
-from .hmc import hmc_step, Joint
+from .hmc import check_precision, hmc_step, Joint
 
 
 def sigmoid_schedule(num_steps: int, sharpness: float = 4.0) -> torch.Tensor:
@@ -17,7 +17,7 @@ def sigmoid_schedule(num_steps: int, sharpness: float = 4.0) -> torch.Tensor:
 @torch.no_grad()
 def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, leapfrog_steps: int = 10,
         step_size: float = 0.1, adapt: bool = True, target_accept: float = 0.65, seed: int | None = None,
-        batch_size: int | None = None, progress: bool = False) -> dict:
+        batch_size: int | None = None, progress: bool = False, precision: str = "float32") -> dict:
     """Annealed importance sampling (Neal 2001) from p(z) to p(z|x) along f_t(z) = p(z) p(x|z)^beta_t.
 
     Each chain starts at z ~ p(z), adds (beta_t - beta_{t-1}) log p(x|z) to its log weight, then makes one HMC
@@ -41,6 +41,10 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, l
         seed: seed of a private RNG stream (None: the global one).
         batch_size: datapoints per batch; None: as many as keep (chains + pilots) * batch * D under HMC_FLOATS.
         progress: show a tqdm bar (on stderr) over datapoint-temperatures.
+        precision: "float32", or "bf16" (on devices that multiply bfloat16 natively, else a ValueError): inside
+            each leapfrog trajectory the gradient of log p(x|z) is computed under bfloat16 autocast, about 1.8x
+            faster on such CPUs; the trajectory's end point, the Metropolis test and the weights stay float32.
+            The chains stay exact (see hmc._leapfrog); only the acceptance rate can change.
 
     Returns:
         dict with (N,) `log_px` and `step_size` (final), floats `mean`, `stderr` and `accept_rate`.
@@ -49,12 +53,13 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, l
     batch_size = batch_size or _hmc_chunk(num_chains + pilots, x.shape[-1])
     _check_positive(num_steps=num_steps, num_chains=num_chains, leapfrog_steps=leapfrog_steps,
                     batch_size=batch_size)
+    check_precision(precision, x.device)
     betas = sigmoid_schedule(num_steps).tolist()
     outs = []
     with _evaluating(model, seed, x.device), tqdm(total=x.shape[0] * num_steps, disable=not progress, desc="AIS",
                                                  unit="step", unit_scale=True) as bar:
         for xb in _batches(x, batch_size):
-            joint = Joint(model, xb)
+            joint = Joint(model, xb, precision)
             z0 = joint.prior.sample((num_chains + pilots, xb.shape[0]))  # (C + P, B, Dz)
             outs.append(_ais_batch(joint, z0, betas, leapfrog_steps, step_size, num_chains, target_accept,
                                    bar.update))

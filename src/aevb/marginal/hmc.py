@@ -9,6 +9,7 @@ import torch
 from torch.distributions import biject_to
 from tqdm.auto import tqdm
 
+from ..train.fused import PRECISIONS, bf16_supported
 from .common import (DENSITIES, JITTER, KDE_FACTORS, _batches, _check_positive, _chunk_size, _evaluating,
                      _hmc_chunk, _log_likelihood, _logmeanexp, _summary)
 
@@ -41,6 +42,15 @@ class _State(NamedTuple):
         return _State(*(t.expand(m, *t.shape) for t in self))
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """ValueError unless `precision` is float32, or bf16 on a device that multiplies bfloat16 natively."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "bf16" and not bf16_supported(device):
+        raise ValueError(f"precision bf16 needs native bf16 matrix products (a CPU with AVX512-BF16 or AMX, or a "
+                         f"CUDA GPU with bf16); the {torch.device(device).type} device here has none: use float32")
+
+
 class Joint:
     """log p(z) + beta log p(x|z) in unconstrained coordinates u (z = T(u), T = biject_to(prior support)).
 
@@ -49,10 +59,15 @@ class Joint:
     batch. With several chains per datapoint log p(x|z) goes through the model's fused `log_likelihood` (its
     data term costs one product per datapoint, shared by the chains); with one chain per datapoint through the
     contract's decode(z).log_prob(x), which is then cheaper.
+
+    `inner(u)` is the state a leapfrog trajectory uses at its interior points, where only the gradient counts.
+    With precision "bf16" it is the gradient of log p(x|z) computed under bfloat16 autocast (its values are not
+    float32 and nothing reads them); with "float32" it is the same as calling the target.
     """
 
-    def __init__(self, model, x: torch.Tensor):
-        self.model, self.x = model, x
+    def __init__(self, model, x: torch.Tensor, precision: str = "float32"):
+        check_precision(precision, x.device)
+        self.model, self.x, self.precision = model, x, precision
         self.prior = model.prior()
         self.transform = biject_to(self.prior.support)
 
@@ -63,20 +78,25 @@ class Joint:
         """The same target for the datapoints idx only."""
         sub = Joint.__new__(Joint)
         sub.model, sub.x, sub.prior, sub.transform = self.model, self.x[idx], self.prior, self.transform
+        sub.precision = self.precision
         return sub
 
-    def __call__(self, u: torch.Tensor) -> _State:
+    def __call__(self, u: torch.Tensor, low: bool = False) -> _State:
         with torch.enable_grad():
             u = u.detach().requires_grad_(True)
             z = self.transform(u)
             log_prior = self.prior.log_prob(z) + self.transform.log_abs_det_jacobian(u, z)
-            if u.shape[:-2].numel() > 1:
-                log_lik = _log_likelihood(self.model, z, self.x)
-            else:
-                log_lik = self.model.decode(z).log_prob(self.x)
+            with torch.autocast(u.device.type, dtype=torch.bfloat16, enabled=low):
+                if u.shape[:-2].numel() > 1:
+                    log_lik = _log_likelihood(self.model, z, self.x)
+                else:
+                    log_lik = self.model.decode(z).log_prob(self.x)
             (grad_prior,) = torch.autograd.grad(log_prior.sum(), u, retain_graph=True)
             (grad_lik,) = torch.autograd.grad(log_lik.sum(), u)
-        return _State(log_prior.detach(), log_lik.detach(), grad_prior, grad_lik)
+        return _State(log_prior.detach(), log_lik.detach().float(), grad_prior, grad_lik)
+
+    def inner(self, u: torch.Tensor) -> _State:
+        return self(u, low=self.precision == "bf16")
 
 
 Target = Callable[[torch.Tensor], _State]
@@ -84,12 +104,20 @@ Target = Callable[[torch.Tensor], _State]
 
 def _leapfrog(target: Target, u, p, state: _State, eps, steps: int, beta: float = 1.0):
     """`steps` leapfrog steps of size eps (broadcast over (..., B, 1)) for H(u, p) = -log f_beta(u) + |p|^2 / 2,
-    f_beta = p(z) p(x|z)^beta."""
+    f_beta = p(z) p(x|z)^beta.
+
+    The interior points take their gradient from `target.inner` where the target has one (a Joint with precision
+    "bf16"), the end point from the target itself. Any gradient that is a fixed function of u leaves the map
+    volume-preserving and reversible, and the gradients along the path are symmetric (the end points alike, the
+    interior alike), so the Metropolis test on float32 values keeps the chain exact whatever `inner` computes.
+    """
+    inner = getattr(target, "inner", target)
     p = p + 0.5 * eps * state.grad(beta)
     for i in range(steps):
         u = u + eps * p
-        state = target(u)
-        p = p + (eps if i < steps - 1 else 0.5 * eps) * state.grad(beta)
+        last = i == steps - 1
+        state = target(u) if last else inner(u)
+        p = p + (0.5 * eps if last else eps) * state.grad(beta)
     return u, p, state
 
 
@@ -147,7 +175,7 @@ def _initial_step_size(target: Joint, u, state: _State, steps: int, target_accep
 @torch.no_grad()
 def hmc_estimator(model, x: torch.Tensor, *, num_samples: int = 50, leapfrog_steps: int = 4, burn_in: int = 5,
                   target_accept: float = 0.9, density: str = "auto", seed: int | None = None,
-                  batch_size: int | None = None, progress: bool = False) -> dict:
+                  batch_size: int | None = None, progress: bool = False, precision: str = "float32") -> dict:
     """Appendix D: posterior samples by HMC, a density q(z) fitted to them, then
     p(x) ~= [ (1/L) sum_l q(z_l) / (p(z_l) p(x|z_l)) ]^-1 over fresh posterior samples z_l.
 
@@ -171,12 +199,14 @@ def hmc_estimator(model, x: torch.Tensor, *, num_samples: int = 50, leapfrog_ste
         batch_size: datapoints whose chains move together; None: as many as keep batch * D under HMC_FLOATS
             (the initial step-size search, 16 trajectories per datapoint, goes in smaller groups).
         progress: show a tqdm bar (on stderr) over datapoint-transitions, the step-size search counted as one.
+        precision: "float32", or "bf16": the gradients inside each leapfrog trajectory in bfloat16 (see `ais`).
 
     Returns:
         dict with (N,) `log_px` and `step_size`, floats `mean`, `stderr` and `accept_rate` (mean acceptance
         probability of the collected transitions).
     """
     _check_positive(leapfrog_steps=leapfrog_steps, batch_size=batch_size or 1)
+    check_precision(precision, x.device)
     if num_samples < 4:
         raise ValueError(f"num_samples must be >= 4 (half fit q, half estimate), got {num_samples}")
     if density not in DENSITIES:
@@ -186,8 +216,8 @@ def hmc_estimator(model, x: torch.Tensor, *, num_samples: int = 50, leapfrog_ste
     with _evaluating(model, seed, x.device), tqdm(total=total, disable=not progress, desc="HMC", unit="step",
                                                  unit_scale=True) as bar:
         for xb in _batches(x, batch_size or _hmc_chunk(x.shape[-1])):
-            outs.append(_hmc_batch(Joint(model, xb), model.encode(xb).sample(), num_samples, leapfrog_steps,
-                                   burn_in, target_accept, density, bar.update))
+            outs.append(_hmc_batch(Joint(model, xb, precision), model.encode(xb).sample(), num_samples,
+                                   leapfrog_steps, burn_in, target_accept, density, bar.update))
     log_px, accept, eps = (torch.cat(t) for t in zip(*outs))
     return _summary(log_px, accept_rate=float(accept.double().mean()), step_size=eps)
 

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from aevb import VAE, ModelConfig, TrainConfig
 from aevb.data import load
 from aevb.train import Trainer
+from aevb.train.denormals import flush_denormals
 from aevb.train.fused import bf16_supported
 
 MODELS = {
@@ -109,7 +110,7 @@ def aevb_trainer(x: torch.Tensor, spec: dict, compile: bool = False, step: str =
 
 
 def time_aevb(trainer: Trainer, steps: int) -> float:
-    torch.set_flush_denormal(True)
+    flush_denormals(True)  # on every thread, as `aevb train` does
     t = time.perf_counter()
     float(trainer.train_steps(steps))  # one sync at the end, as in real training
     return steps * trainer.cfg.batch_size / (time.perf_counter() - t)

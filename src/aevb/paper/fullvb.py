@@ -25,6 +25,7 @@ from torch.distributions import Independent, Normal
 from ..estimators import evaluate, sgvb_b
 from ..models import VAE
 from ..train import Trainer
+from ..train.denormals import flush_denormals
 
 # How theta is drawn inside decode(z): "local" draws the pre-activations of every linear layer from their exact
 # Gaussian given the layer's input (local reparameterization, Kingma, Salimans & Welling 2015), which is in
@@ -201,7 +202,7 @@ def fit(model: FullVB, train_x: torch.Tensor, test_x: torch.Tensor, cfg, run_dir
     if cfg.estimator not in ("auto", "sgvb_b"):
         raise ValueError(f"full VB uses estimator B (analytic KLs), not {cfg.estimator!r}")
     torch.manual_seed(cfg.seed)
-    flush = torch.set_flush_denormal(True)
+    flush = flush_denormals(True)
     trainer = Trainer(model, train_x, test_x, cfg, Path(run_dir) if run_dir is not None else None, progress=progress)
     trainer.estimator = torch.compile(full_vb) if cfg.compile else full_vb
     try:
@@ -210,4 +211,4 @@ def fit(model: FullVB, train_x: torch.Tensor, test_x: torch.Tensor, cfg, run_dir
         return trainer.run()
     finally:
         if flush:
-            torch.set_flush_denormal(False)
+            flush_denormals(False)

@@ -12,6 +12,7 @@ from .. import distributed, runs
 from ..data import DataSet, open_data
 from ..data.user import as_rows
 from ..version import __version__
+from .denormals import flush_denormals
 from .fused import resolve_step
 from .options import TrainConfig
 from .trainer import Trainer
@@ -96,8 +97,8 @@ def fit(model, train_x, test_x, cfg: TrainConfig, run_dir=None, *, progress: boo
     cfg = dataclasses.replace(cfg, step=resolve_step(cfg, model, distributed.current().size))
     torch.manual_seed(cfg.seed)
     # Tiny gradients squared by Adagrad and saturated sigmoids produce subnormal floats, which x86 CPUs process
-    # many times slower; flushing them changes nothing above 1e-38.
-    flush = torch.set_flush_denormal(True)
+    # many times slower; flushing them changes nothing above 1e-38. On every thread of the pool: denormals.py.
+    flush = flush_denormals(True)
     trainer = None
     if run_dir is not None:
         _prepare(run_dir, model, train, test, cfg, record, test_indices, resume)
@@ -120,4 +121,4 @@ def fit(model, train_x, test_x, cfg: TrainConfig, run_dir=None, *, progress: boo
         if trainer is not None:
             trainer.tb.close()
         if flush:
-            torch.set_flush_denormal(False)
+            flush_denormals(False)

@@ -3,7 +3,8 @@
 `fit(model, train_x, test_x, TrainConfig(...), run_dir)` trains and returns the evaluation history. Training length
 is counted in datapoints evaluated, the paper's x-axis. The modules: `options` (TrainConfig, each option declared
 once), `presets`, `trainer` (the loop), `checkpoint` (exact resume), `evaluation`, `lr_search` (the paper's
-step-size rule), `streams` (data order and random streams per shard), `schedule`, `checks`, `progress`.
+step-size rule), `streams` (data order and random streams per shard), `schedule`, `checks`, `progress`,
+`denormals` (subnormal floats flushed on every thread).
 """
 from __future__ import annotations
 

@@ -198,7 +198,7 @@ def test_resume_refuses_options_that_define_the_run(tmp_path, capsys):
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     """A real training process is killed 4 times (one of them while starting) and resumed each time."""
-    run_args = ["--dataset", "digits", "--latent-dim", "3", "--hidden", "16", "--samples", "40000",
+    run_args = ["--dataset", "digits", "--latent-dim", "3", "--hidden", "16", "--samples", "200000",
                 "--batch-size", "50", "--binarize", "dynamic", "--ema", "0.99", "--seed", "7"]
     runtime = ["--threads", "1", "--no-progress", "--checkpoint-every", "0.05"]
     ref = aevb("train", *run_args, *runtime, "--out", tmp_path / "ref")  # the uninterrupted run, alongside

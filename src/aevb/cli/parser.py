@@ -133,7 +133,7 @@ def _eval_parser(sub) -> None:
                    "sigmoid-spaced (default 500; the cost is proportional to T)")
     e.add_argument("--precision", choices=("float32", "bf16"), default="float32",
                    help="with --method ais or hmc: bf16 computes the gradients inside each leapfrog trajectory "
-                   "under bfloat16 autocast (about 1.5x faster AIS where the CPU or GPU multiplies bfloat16 "
+                   "under bfloat16 autocast (AIS 1.5-2x faster where the CPU or GPU multiplies bfloat16 "
                    "natively, refused elsewhere); the Metropolis tests and the weights stay float32, so the "
                    "chains stay exact (default float32)")
     e.add_argument("--compile", action="store_true",

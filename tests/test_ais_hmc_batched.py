@@ -105,22 +105,14 @@ def test_decoder_calls_stay_under_the_float_budget(small_vae, monkeypatch, metho
 
 # --- the command line ----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "digits2"
-    assert main(["train", "--dataset", "digits", "--latent-dim", "2", "--hidden", "16", "--samples", "1000",
-                 "--out", str(out), "--no-progress"]) == 0
-    return out
-
-
-def test_eval_ais_takes_chains_and_temperatures(run, capsys):
-    assert main(["eval", str(run), "--method", "ais", "--chains", "3", "--ais-steps", "7", "--limit", "4",
+def test_eval_ais_takes_chains_and_temperatures(digits2_run, capsys):
+    assert main(["eval", str(digits2_run), "--method", "ais", "--chains", "3", "--ais-steps", "7", "--limit", "4",
                  "--threads", "1"]) == 0
     captured = capsys.readouterr()
     r = json.loads(captured.out.strip().splitlines()[-1])
     assert (r["chains"], r["ais_steps"], r["k"], r["n"]) == (3, 7, 3, 4)
     assert "AIS" in captured.err  # the progress bar, on stderr
-    assert main(["eval", str(run), "--method", "ais", "--k", "3", "--ais-steps", "7", "--limit", "4",
+    assert main(["eval", str(digits2_run), "--method", "ais", "--k", "3", "--ais-steps", "7", "--limit", "4",
                  "--no-progress"]) == 0
     captured = capsys.readouterr()
     same = json.loads(captured.out.strip().splitlines()[-1])
@@ -128,9 +120,9 @@ def test_eval_ais_takes_chains_and_temperatures(run, capsys):
     assert captured.err == ""
 
 
-def test_eval_hmc_shows_progress_unless_asked_not_to(run, capsys):
+def test_eval_hmc_shows_progress_unless_asked_not_to(digits2_run, capsys):
     for extra, shown in (([], True), (["--no-progress"], False)):
-        assert main(["eval", str(run), "--method", "hmc", "--k", "6", "--limit", "3", *extra]) == 0
+        assert main(["eval", str(digits2_run), "--method", "hmc", "--k", "6", "--limit", "3", *extra]) == 0
         assert ("HMC" in capsys.readouterr().err) == shown
 
 
@@ -143,7 +135,7 @@ def test_eval_hmc_shows_progress_unless_asked_not_to(run, capsys):
     (["--ais-steps", "50"], "--ais-steps applies to --method ais"),
     (["--method", "ais", "--chains", "4", "--k", "4"], "--k and --chains both set the chains of --method ais"),
 ])
-def test_eval_refuses_bad_ais_flags_in_one_line(run, capsys, args, message):
-    assert main(["eval", str(run), *args]) == 2
+def test_eval_refuses_bad_ais_flags_in_one_line(digits2_run, capsys, args, message):
+    assert main(["eval", str(digits2_run), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"aevb: error: {message}") and len(err.strip().splitlines()) == 1

@@ -111,22 +111,14 @@ def test_bf16_is_refused_without_native_bf16_and_unknown_precisions_always(fn, m
     x = lg.sample_x(2)
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         fn(lg, x, precision="fp8")
-    monkeypatch.setattr(hmc_module, "bf16_supported", lambda device: False)
+    monkeypatch.setattr("aevb.train.fused.bf16_supported", lambda device: False)
     with pytest.raises(ValueError, match="precision bf16 needs native bf16 matrix products"):
         fn(lg, x, precision="bf16")
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "digits2"
-    assert main(["train", "--dataset", "digits", "--latent-dim", "2", "--hidden", "16", "--samples", "1000",
-                 "--out", str(out), "--no-progress"]) == 0
-    return out
-
-
 @needs_bf16
-def test_eval_ais_with_bf16_reports_its_precision(run, capsys):
-    assert main(["eval", str(run), "--method", "ais", "--chains", "3", "--ais-steps", "20", "--limit", "4",
+def test_eval_ais_with_bf16_reports_its_precision(digits2_run, capsys):
+    assert main(["eval", str(digits2_run), "--method", "ais", "--chains", "3", "--ais-steps", "20", "--limit", "4",
                  "--precision", "bf16", "--no-progress"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["precision"] == "bf16" and r["n"] == 4 and r["log_likelihood"] < 0
@@ -136,14 +128,14 @@ def test_eval_ais_with_bf16_reports_its_precision(run, capsys):
     (["--method", "is", "--precision", "bf16"], "--precision bf16 applies to --method ais and hmc"),
     (["--precision", "bf16"], "--precision bf16 applies to --method ais and hmc"),
 ])
-def test_eval_refuses_precision_where_it_does_not_apply(run, capsys, args, message):
-    assert main(["eval", str(run), *args]) == 2
+def test_eval_refuses_precision_where_it_does_not_apply(digits2_run, capsys, args, message):
+    assert main(["eval", str(digits2_run), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"aevb: error: {message}") and len(err.strip().splitlines()) == 1
 
 
-def test_eval_refuses_bf16_without_native_bf16(run, capsys, monkeypatch):
-    monkeypatch.setattr(hmc_module, "bf16_supported", lambda device: False)
-    assert main(["eval", str(run), "--method", "ais", "--precision", "bf16"]) == 2
+def test_eval_refuses_bf16_without_native_bf16(digits2_run, capsys, monkeypatch):
+    monkeypatch.setattr("aevb.train.fused.bf16_supported", lambda device: False)
+    assert main(["eval", str(digits2_run), "--method", "ais", "--precision", "bf16"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("aevb: error: precision bf16 needs native bf16") and len(err.strip().splitlines()) == 1

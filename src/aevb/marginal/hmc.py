@@ -9,7 +9,8 @@ import torch
 from torch.distributions import biject_to
 from tqdm.auto import tqdm
 
-from ..train.fused import PRECISIONS, bf16_supported
+from ..train import fused
+from ..train.fused import PRECISIONS
 from .common import (DENSITIES, JITTER, KDE_FACTORS, _batches, _check_positive, _chunk_size, _evaluating,
                      _hmc_chunk, _log_likelihood, _logmeanexp, _summary)
 
@@ -46,9 +47,8 @@ def check_precision(precision: str, device: torch.device) -> None:
     """ValueError unless `precision` is float32, or bf16 on a device that multiplies bfloat16 natively."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if precision == "bf16" and not bf16_supported(device):
-        raise ValueError(f"precision bf16 needs native bf16 matrix products (a CPU with AVX512-BF16 or AMX, or a "
-                         f"CUDA GPU with bf16); the {torch.device(device).type} device here has none: use float32")
+    if precision == "bf16":
+        fused.require_bf16(device, "precision")
 
 
 class Joint:

@@ -21,6 +21,8 @@ do the elementwise work, the parameters, the optimizer and every evaluation.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -96,6 +98,13 @@ def bf16_supported(device) -> bool:
         bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def require_bf16(device, flag: str) -> None:
+    """ValueError (naming `flag`, e.g. "--precision") unless `device` multiplies bfloat16 natively."""
+    if not bf16_supported(device):
+        raise ValueError(f"{flag} bf16 needs native bf16 matrix products (a CPU with AVX512-BF16 or AMX, or a CUDA "
+                         f"GPU with bf16); the {torch.device(device).type} device here has none: use {flag} float32")
+
+
 def resolve_step(cfg, model, world_size: int = 1) -> str:
     """The training step a run takes: "fused" or "autograd". `cfg.step` "auto" takes the fused step where it covers
     the model and config; "fused" where it does not is a ValueError naming what is not covered, and so is
@@ -108,11 +117,7 @@ def resolve_step(cfg, model, world_size: int = 1) -> str:
         if why is not None:
             raise ValueError(f"--precision bf16 needs the fused step, which does not cover {why}; use --precision "
                              "float32")
-        device = next(model.parameters()).device
-        if not bf16_supported(device):
-            raise ValueError(f"--precision bf16 needs native bf16 matrix products (a CPU with AVX512-BF16 or AMX, "
-                             f"or a CUDA GPU with bf16); the {device.type} device here has none: use --precision "
-                             "float32")
+        require_bf16(next(model.parameters()).device, "--precision")
     if asked == "autograd":
         return "autograd"
     if why is None:
@@ -130,11 +135,6 @@ def _addmm_bf16(bias, a, b, *, beta=1.0, alpha=1.0, out: torch.Tensor) -> None:
         torch.mul(torch.mm(a16, b16), alpha, out=out)
     else:
         out.copy_(torch.addmm(bias.to(torch.bfloat16), a16, b16, beta=beta, alpha=alpha))
-
-
-def _mm_bf16(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor) -> None:
-    """out = a @ b as `_addmm_bf16` computes it."""
-    _addmm_bf16(None, a, b, beta=0, out=out)
 
 
 def _group(d: int) -> int | None:
@@ -240,7 +240,7 @@ class FusedStep:
         self.buffers: _Buffers | None = None
         # the products in bfloat16 (see the module docstring): the backward's and the logits'
         bf16 = precision == "bf16"
-        self.mm = _mm_bf16 if bf16 else torch.mm
+        self.mm = functools.partial(_addmm_bf16, None, beta=0) if bf16 else torch.mm  # mm(a, b, out=)
         self.addmm = _addmm_bf16 if bf16 else torch.addmm
         # the weights as those products take them: bfloat16 copies, refreshed at each step, or the weights themselves
         low = (lambda w: torch.empty_like(w, dtype=torch.bfloat16)) if bf16 else (lambda w: w)

@@ -54,6 +54,12 @@ class _Head(nn.Module):
         return self(h).log_prob(x)
 
 
+def product_group(d: int) -> int | None:
+    """A group size in [16, 112] dividing d, for a sum of logs of numbers in [1/2, 1) taken as the logs of products
+    of `group` of them (a product stays above 2^-112, a normal float32); None where there is none."""
+    return next((g for g in range(112, 15, -1) if d % g == 0), None)
+
+
 def _softplus_sum(a: torch.Tensor) -> torch.Tensor:
     """sum_d softplus(a_d) over the last dim as sum_d max(a_d, 0) + sum_groups log prod_d (1 + exp(-|a_d|)).
 

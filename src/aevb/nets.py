@@ -31,3 +31,19 @@ def mlp(in_dim: int, hidden: tuple[int, ...], activation: str) -> nn.Sequential:
         layers += [nn.Linear(in_dim, width), ACTIVATIONS[activation]()]
         in_dim = width
     return nn.Sequential(*layers)
+
+
+def mlp_stack(seq) -> tuple[list[nn.Linear], str] | None:
+    """The Linear layers of a stack as `mlp` builds it (Linear, activation, Linear, activation, ...) and the key of
+    ACTIVATIONS its activations share ("" for a stack without hidden layers; ELU only with alpha 1); None for any
+    other module. The hand-written paths (the fused training step, the evaluation likelihood) take these stacks."""
+    if not isinstance(seq, nn.Sequential) or len(seq) % 2:
+        return None
+    linears, acts = list(seq)[0::2], list(seq)[1::2]
+    kinds = {type(m) for m in acts}
+    if not all(type(m) is nn.Linear for m in linears) or len(kinds) > 1:
+        return None
+    name = next((key for key, cls in ACTIVATIONS.items() if kinds == {cls}), None) if acts else ""
+    if name is None or (name == "elu" and any(m.alpha != 1.0 for m in acts)):
+        return None
+    return linears, name

@@ -27,27 +27,19 @@ import torch
 from torch import nn
 
 from ..estimators import resolve_estimator
+from ..likelihoods import product_group
+from ..nets import mlp_stack
 from .schedule import kl_weight
 
 STEPS = ("auto", "fused", "autograd")
 PRECISIONS = ("float32", "bf16")
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+ACTIVATIONS = ("tanh", "relu", "elu")  # the hidden activations it differentiates by hand
 
 
-def _layers(seq) -> list[nn.Linear] | None:
-    """The Linear layers of an `nets.mlp` stack (Linear, activation, Linear, activation, ...); None otherwise."""
-    if not isinstance(seq, nn.Sequential) or len(seq) % 2:
-        return None
-    linears = list(seq)[0::2]
-    return linears if all(type(m) is nn.Linear for m in linears) else None
-
-
-def _activation_ok(seq, name: str) -> bool:
-    cls = ACTIVATIONS[name]
-    acts = list(seq)[1::2]
-    if not all(type(m) is cls for m in acts):
-        return False
-    return name != "elu" or all(m.alpha == 1.0 for m in acts)
+def _stack(seq, activation: str) -> list[nn.Linear] | None:
+    """The Linear layers of an `nets.mlp` stack whose activation is `activation`; None otherwise."""
+    found = mlp_stack(seq)
+    return found[0] if found is not None and found[1] in ("", activation) else None
 
 
 def uncovered(model, cfg, world_size: int = 1) -> str | None:
@@ -68,10 +60,9 @@ def uncovered(model, cfg, world_size: int = 1) -> str | None:
     for ok, why in checks:
         if not ok:
             return why
-    enc, dec = _layers(model.encoder), _layers(model.decoder)
+    enc, dec = _stack(model.encoder, c.activation), _stack(model.decoder, c.activation)
     head = getattr(model.dec_head, "out", None)
     if enc is None or dec is None or type(model.enc_head) is not nn.Linear or type(head) is not nn.Linear \
-            or not _activation_ok(model.encoder, c.activation) or not _activation_ok(model.decoder, c.activation) \
             or model.dec_head.dist.__name__ != "GreyLevelBernoulli":
         return "networks other than nets.mlp stacks with linear heads"
     name = resolve_estimator(cfg.estimator, model)
@@ -137,12 +128,6 @@ def _addmm_bf16(bias, a, b, *, beta=1.0, alpha=1.0, out: torch.Tensor) -> None:
         out.copy_(torch.addmm(bias.to(torch.bfloat16), a16, b16, beta=beta, alpha=alpha))
 
 
-def _group(d: int) -> int | None:
-    """A group size in [16, 112] dividing d, for a sum of logs of numbers in [1/2, 1) taken as the logs of products
-    of `group` of them (a product stays above 2^-112, a normal float32); None where there is none."""
-    return next((g for g in range(112, 15, -1) if d % g == 0), None)
-
-
 class _Buffers:
     """Everything one step writes, for one batch size M: activations, their gradients, z, its noise, the logits."""
 
@@ -203,7 +188,8 @@ class FusedStep:
         self.streams = objective.streams
         self.num_samples = objective.num_samples
         self.dz = model.config.latent_dim
-        enc, dec = _layers(model.encoder), _layers(model.decoder)
+        act = model.config.activation
+        enc, dec = _stack(model.encoder, act), _stack(model.decoder, act)
         modules = [*enc, model.enc_head, *dec, model.dec_head.out]
         self.params = [p for m in modules for p in (m.weight, m.bias)]
         if len(self.params) != len(list(model.parameters())):
@@ -228,8 +214,7 @@ class FusedStep:
         self.head_g = (next(g), next(g))
         self.dec_g = [(next(g), next(g)) for _ in self.dec]
         self.out_g = (next(g), next(g))
-        self.group = _group(self.out[0].shape[0])
-        act = model.config.activation
+        self.group = product_group(self.out[0].shape[0])
         # tanh(u) = 2 sigmoid(2 u) - 1: the products deliver 2 u (alpha = beta = 2) and sigmoid is cheaper than tanh
         self.scale = 2.0 if act == "tanh" else 1.0
         self.act_forward = {"tanh": self._tanh, "relu": self._relu, "elu": self._elu}[act]

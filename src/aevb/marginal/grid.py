@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch.distributions import constraints
 
 from .common import _check_positive, _chunk_size, _evaluating, _log_likelihood, _summary
+from .mlp_likelihood import mlp_log_likelihood
 
 
 @torch.no_grad()
@@ -37,16 +39,17 @@ def grid(model, x: torch.Tensor, *, points_per_dim: int | None = None, limit: fl
     axis = torch.linspace(-limit, limit, n, dtype=x.dtype, device=x.device)
     z = torch.cartesian_prod(*[axis] * dz).view(-1, dz)  # (G, Dz)
     log_cell = dz * math.log(2 * limit / (n - 1))
+    log_lik = mlp_log_likelihood(model) or partial(_log_likelihood, model)
     with _evaluating(model, None, x.device):
-        log_px = torch.cat([_grid_batch(model, xb, z, prior.log_prob(z)) for xb in x.split(batch_size)])
+        log_px = torch.cat([_grid_batch(log_lik, xb, z, prior.log_prob(z)) for xb in x.split(batch_size)])
     return _summary(log_px + log_cell)
 
 
-def _grid_batch(model, x: torch.Tensor, z: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
+def _grid_batch(log_lik, x: torch.Tensor, z: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
     lse = x.new_full(x.shape[:1], -math.inf)
     chunk = _chunk_size(*x.shape)  # (chunk, B, D)
     for zc, lpc in zip(z.split(chunk), log_prior.split(chunk)):
-        log_joint = _log_likelihood(model, zc.unsqueeze(1), x) + lpc.unsqueeze(1)  # (G_chunk, B)
+        log_joint = log_lik(zc.unsqueeze(1), x) + lpc.unsqueeze(1)  # (G_chunk, B)
         lse = torch.logaddexp(lse, torch.logsumexp(log_joint, 0))
     return lse
 

@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .common import _check_positive, _chunk_size, _evaluating, _log_likelihood, _summary
+from .mlp_likelihood import mlp_log_likelihood
 
 
 @torch.no_grad()
@@ -21,7 +22,8 @@ def importance_sampling(model, x: torch.Tensor, *, num_samples: int = 5000, chun
 
     Args:
         model: follows the contract prior() / encode(x) / decode(z); a model that also has log_likelihood(z, x)
-            (VAE does) is evaluated through it, same value in fewer passes.
+            (VAE does) is evaluated through it, same value in fewer passes, and the plain MLP VAE with a Bernoulli
+            decoder through `mlp_likelihood`'s hand-written forward (the same value up to float32 rounding).
         x: (N, D) data, processed `batch_size` datapoints at a time.
         num_samples: K importance samples per datapoint.
         chunk_size: samples per decoder call; None picks it so that chunk * batch * D < MAX_FLOATS.
@@ -41,6 +43,8 @@ def importance_sampling(model, x: torch.Tensor, *, num_samples: int = 5000, chun
     log_lik = partial(_log_likelihood, model)
     if compile:  # dynamic: one compilation serves every chunk and batch size above 1
         log_lik = torch.compile(log_lik, dynamic=True)
+    else:
+        log_lik = mlp_log_likelihood(model) or log_lik
     with _evaluating(model, seed, x.device), tqdm(total=x.shape[0], disable=not progress, desc="IS") as bar:
         for xb in x.split(batch_size):
             k = chunk_size or _chunk_size(*xb.shape)  # (k, B, D)

@@ -29,10 +29,12 @@ def importance_sampling(model, x: torch.Tensor, *, num_samples: int = 5000, chun
         chunk_size: samples per decoder call; None picks it so that chunk * batch * D < MAX_FLOATS.
         progress: show a tqdm bar over datapoints.
         seed: seed of a private RNG stream (None: the global one).
-        compile: compute log p(x|z) through torch.compile, which fuses the decoder's elementwise work (tanh,
-            softplus, the sum over pixels) into loops after its matrix products: the same estimate up to float32
-            rounding (benchmarks/marginal_speed.py --compare times both), after a one-time compilation. Needs a C++
-            compiler; the samples z are drawn outside the compiled code, so a seed gives the same z either way.
+        compile: compute log p(x|z) through torch.compile of the model's log_likelihood (not the hand-written
+            decoder), which fuses the decoder's elementwise work (tanh, softplus, the sum over pixels) into loops
+            after its matrix products: the same estimate up to float32 rounding (benchmarks/marginal_speed.py
+            --compare times the paths), after a one-time compilation. Needs a C++ compiler; the samples z are drawn
+            outside the compiled code, so a seed gives the same z either way. For the plain MLP VAE the default
+            hand-written decoder measured as fast without it.
 
     Returns:
         dict with (N,) `log_px` and `elbo` (mean of the same log weights, estimator A's bound), floats

@@ -36,7 +36,7 @@ def mlp(in_dim: int, hidden: tuple[int, ...], activation: str) -> nn.Sequential:
 def mlp_stack(seq) -> tuple[list[nn.Linear], str] | None:
     """The Linear layers of a stack as `mlp` builds it (Linear, activation, Linear, activation, ...) and the key of
     ACTIVATIONS its activations share ("" for a stack without hidden layers; ELU only with alpha 1); None for any
-    other module. The hand-written paths (the fused training step, the evaluation likelihood) take these stacks."""
+    other module. The hand-written paths (train/fused.py, marginal/mlp_likelihood.py) take these stacks."""
     if not isinstance(seq, nn.Sequential) or len(seq) % 2:
         return None
     linears, acts = list(seq)[0::2], list(seq)[1::2]

@@ -22,6 +22,8 @@ from ..models.base import LatentModel
 from ..models.mlp import VAE
 from ..nets import mlp_stack
 
+ACTIVATIONS = ("", "tanh", "relu", "elu")  # of the decoder's hidden layers ("" for none)
+
 
 def mlp_log_likelihood(model) -> "MLPLikelihood | None":
     """The forward-only log p(x|z) of `model` when it is covered, else None: an `mlp` VAE (any posterior, prior or
@@ -31,8 +33,8 @@ def mlp_log_likelihood(model) -> "MLPLikelihood | None":
             or type(model).log_likelihood is not LatentModel.log_likelihood:
         return None
     stack, head = mlp_stack(model.decoder), model.dec_head
-    if stack is None or stack[1] not in ("", "tanh", "relu", "elu") or type(head) is not BernoulliHead or head.dist is not GreyLevelBernoulli \
-            or type(head.out) is not torch.nn.Linear:
+    if stack is None or stack[1] not in ACTIVATIONS or type(head) is not BernoulliHead \
+            or head.dist is not GreyLevelBernoulli or type(head.out) is not torch.nn.Linear:
         return None
     return MLPLikelihood(stack[0], stack[1], head.out)
 

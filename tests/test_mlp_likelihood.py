@@ -73,6 +73,7 @@ def test_dimensions_without_a_product_group_and_broadcast_batches():
         got = f(z, x)
         assert got.shape == (rows, 4)
         torch.testing.assert_close(got, reference(model, z, x, "tanh"), rtol=1e-12, atol=1e-10)
+    assert f(torch.zeros(0, 4, 2, dtype=torch.float64), x).shape == (0, 4)  # no rows: an empty result
 
 
 def test_covers_only_the_plain_mlp_decoder_with_a_bernoulli_head():

@@ -89,9 +89,10 @@ class MLPLikelihood:
             self.act(buf)
             h = buf
         xw, xb = self._data_weights(x)
-        data = (h.view(*batch, -1) * xw).sum(-1) + xb  # sum_d x_d a_d = h . (W^T x) + b . x
+        data = (h.view(*batch, h.shape[-1]) * xw).sum(-1) + xb  # sum_d x_d a_d = h . (W^T x) + b . x
         torch.addmm(self.out.bias, h, self.out.weight.t(), out=a)
         relu = torch.clamp(a, min=0, out=t).sum(-1)
         s = torch.sigmoid(a.abs_(), out=a)  # sigmoid(|a|), in [1/2, 1)
-        log_sig = (s.view(s.shape[0], -1, self.group).prod(-1) if self.group else s).log_().sum(-1)
+        groups = s.view(s.shape[0], s.shape[1] // self.group, self.group).prod(-1) if self.group else s
+        log_sig = groups.log_().sum(-1)
         return data - (relu - log_sig).view(batch)

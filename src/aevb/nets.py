@@ -1,6 +1,7 @@
 """Multilayer perceptrons that return plain tensors (the paper's Appendix C networks and deeper variants)."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 ACTIVATIONS = {
@@ -31,6 +32,19 @@ def mlp(in_dim: int, hidden: tuple[int, ...], activation: str) -> nn.Sequential:
         layers += [nn.Linear(in_dim, width), ACTIVATIONS[activation]()]
         in_dim = width
     return nn.Sequential(*layers)
+
+
+INPLACE = ("tanh", "relu", "elu")  # the activations of the hand-written paths (train/fused.py, marginal/mlp_likelihood.py)
+
+
+def inplace_activation(name: str, like: torch.Tensor):
+    """(scale, act) for a hand-written forward pass: the product writes scale (W h + b) into a buffer and act turns
+    it into the activation in place. tanh(u) = 2 sigmoid(2 u) - 1 with scale 2, as torch's sigmoid is several times
+    cheaper than its tanh; act is None for "" (no hidden layer). `like` gives the dtype and device of its constant."""
+    if name == "tanh":
+        minus_one = torch.tensor(-1.0, dtype=like.dtype, device=like.device)  # 0-dim: a Python number would be
+        return 2.0, lambda h: torch.add(minus_one, torch.sigmoid(h, out=h), alpha=2, out=h)  # made a tensor per call
+    return 1.0, {"relu": lambda h: h.clamp_(min=0), "elu": nn.functional.elu_, "": None}[name]
 
 
 def mlp_stack(seq) -> tuple[list[nn.Linear], str] | None:

@@ -10,7 +10,6 @@ from torch.distributions import biject_to
 from tqdm.auto import tqdm
 
 from ..train import fused
-from ..train.fused import PRECISIONS
 from .common import (DENSITIES, JITTER, KDE_FACTORS, _batches, _check_positive, _chunk_size, _evaluating,
                      _hmc_chunk, _log_likelihood, _logmeanexp, _summary)
 
@@ -45,8 +44,8 @@ class _State(NamedTuple):
 
 def check_precision(precision: str, device: torch.device) -> None:
     """ValueError unless `precision` is float32, or bf16 on a device that multiplies bfloat16 natively."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision not in fused.PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(fused.PRECISIONS)}")
     if precision == "bf16":
         fused.require_bf16(device, "precision")
 

@@ -15,14 +15,11 @@ roofline against 0.50 (benchmarks/marginal_speed.py, docs/measurements.md).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..likelihoods import BernoulliHead, GreyLevelBernoulli, product_group
 from ..models.base import LatentModel
 from ..models.mlp import VAE
-from ..nets import mlp_stack
-
-ACTIVATIONS = ("", "tanh", "relu", "elu")  # of the decoder's hidden layers ("" for none)
+from ..nets import INPLACE, inplace_activation, mlp_stack
 
 
 def mlp_log_likelihood(model) -> "MLPLikelihood | None":
@@ -33,7 +30,7 @@ def mlp_log_likelihood(model) -> "MLPLikelihood | None":
             or type(model).log_likelihood is not LatentModel.log_likelihood:
         return None
     stack, head = mlp_stack(model.decoder), model.dec_head
-    if stack is None or stack[1] not in ACTIVATIONS or type(head) is not BernoulliHead \
+    if stack is None or stack[1] not in ("", *INPLACE) or type(head) is not BernoulliHead \
             or head.dist is not GreyLevelBernoulli or type(head.out) is not torch.nn.Linear:
         return None
     return MLPLikelihood(stack[0], stack[1], head.out)
@@ -45,21 +42,12 @@ class MLPLikelihood:
     between calls."""
 
     def __init__(self, linears: list[torch.nn.Linear], activation: str, out: torch.nn.Linear):
-        self.layers, self.out = linears, out
-        self.scale = 2.0 if activation == "tanh" else 1.0
-        self.act = {"tanh": self._tanh, "relu": self._relu, "elu": F.elu_, "": None}[activation]
+        self.layers, self.out, self.activation = linears, out, activation
+        self.scale, self.act = inplace_activation(activation, out.weight)  # made again for z of another dtype
         self.group = product_group(out.out_features)
         self.rows = -1
         self.hidden: list[torch.Tensor] = []
-        self.minus_one: torch.Tensor | None = None  # 0-dim: an op with a Python number makes a tensor at every call
         self.data: tuple = ()  # (x, its version, the weights' version, x W, x . b): reused while x is the same
-
-    def _tanh(self, h: torch.Tensor) -> None:
-        torch.add(self.minus_one, torch.sigmoid(h, out=h), alpha=2, out=h)  # h held 2 u: 2 sigmoid(2 u) - 1 = tanh(u)
-
-    @staticmethod
-    def _relu(h: torch.Tensor) -> None:
-        h.clamp_(min=0)
 
     def _buffers(self, n: int, like: torch.Tensor) -> None:
         if n != self.rows or self.hidden[0].dtype != like.dtype or self.hidden[0].device != like.device:
@@ -67,7 +55,7 @@ class MLPLikelihood:
             self.hidden = [new(lin.out_features) for lin in self.layers]
             self.hidden += [new(self.out.out_features), new(self.out.out_features)]  # the logits, a scratch
             self.rows = n
-            self.minus_one = torch.tensor(-1.0, dtype=like.dtype, device=like.device)
+            self.scale, self.act = inplace_activation(self.activation, like)
 
     def _data_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x W and x . b of the output layer, made again only for another x or after x or the layer changed in place

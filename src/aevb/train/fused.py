@@ -28,12 +28,12 @@ from torch import nn
 
 from ..estimators import resolve_estimator
 from ..likelihoods import product_group
-from ..nets import mlp_stack
+from ..nets import INPLACE, inplace_activation, mlp_stack
 from .schedule import kl_weight
 
 STEPS = ("auto", "fused", "autograd")
 PRECISIONS = ("float32", "bf16")
-ACTIVATIONS = ("tanh", "relu", "elu")  # the hidden activations it differentiates by hand
+ACTIVATIONS = INPLACE  # the hidden activations it differentiates by hand
 
 
 def _stack(seq, activation: str) -> list[nn.Linear] | None:
@@ -216,12 +216,11 @@ class FusedStep:
         self.out_g = (next(g), next(g))
         self.group = product_group(self.out[0].shape[0])
         # tanh(u) = 2 sigmoid(2 u) - 1: the products deliver 2 u (alpha = beta = 2) and sigmoid is cheaper than tanh
-        self.scale = 2.0 if act == "tanh" else 1.0
-        self.act_forward = {"tanh": self._tanh, "relu": self._relu, "elu": self._elu}[act]
+        self.scale, self.act_forward = inplace_activation(act, first)
         self.act_backward = {"tanh": self._tanh_backward, "relu": self._relu_backward,
                              "elu": self._elu_backward}[act]
         # 0-dim constants: an in-place op with a Python number converts it to a tensor at every call
-        self.minus_one, self.one, self.half = self._tensor(-1.0), self._tensor(1.0), self._tensor(0.5)
+        self.one, self.half = self._tensor(1.0), self._tensor(0.5)
         self.buffers: _Buffers | None = None
         # the products in bfloat16 (see the module docstring): the backward's and the logits'
         bf16 = precision == "bf16"
@@ -239,18 +238,7 @@ class FusedStep:
         """A constant (a number or nested lists of them) in the parameters' dtype and device."""
         return torch.tensor(value, dtype=self.dtype, device=self.device)
 
-    # -- activations: forward in place on (scale x) the pre-activation, backward in place on the gradient ----------
-    def _tanh(self, h: torch.Tensor) -> None:
-        torch.add(self.minus_one, torch.sigmoid(h, out=h), alpha=2, out=h)  # 2 s - 1
-
-    @staticmethod
-    def _relu(h: torch.Tensor) -> None:
-        h.clamp_(min=0)
-
-    @staticmethod
-    def _elu(h: torch.Tensor) -> None:
-        torch.nn.functional.elu_(h)
-
+    # -- activations: backward in place on the gradient (the forward: nets.inplace_activation) -----------------------
     @staticmethod
     def _tanh_backward(dh: torch.Tensor, h: torch.Tensor) -> None:
         torch.ops.aten.tanh_backward.grad_input(dh, h, grad_input=dh)

@@ -344,10 +344,12 @@ def run_figures(model, config: dict, ds, metrics: list[dict], *, n_latent: int =
         out["traversals"] = (f"Latent traversals from the first test image's posterior mean: one row per {what} "
                              f"({', '.join(map(str, dims))}, the most active first), z_j from -3 to 3.",
                              traversal_grid(model, base, dims, shape))
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(x.shape[0], generator=gen)[:16].to(device)
-        out["interpolations"] = ("Interpolations between the posterior means of pairs of test images (inputs at "
-                                 "both ends).", interpolation_grid(model, x[idx[:8]], x[idx[8:]], shape))
+        pairs = min(8, x.shape[0] // 2)  # a test set of fewer than 16 images gives fewer rows, one image none
+        if pairs:
+            gen = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(x.shape[0], generator=gen)[:2 * pairs].to(device)
+            out["interpolations"] = ("Interpolations between the posterior means of pairs of test images (inputs at "
+                                     "both ends).", interpolation_grid(model, x[idx[:pairs]], x[idx[pairs:]], shape))
     labels = ds.test_labels[:n_latent].numpy() if ds.test_labels is not None else None
     out["latent"] = ("Posterior means of test images coloured by label" + ("" if dz == 2 else
                      " (first two principal components)") + ".",

@@ -289,7 +289,7 @@ def test_restore_command_on_an_rgb_run(rgb_run, tmp_path, capsys):
     np.testing.assert_allclose(downsample(torch.from_numpy(up), SHAPE, 2).numpy(), low.reshape(2, -1), atol=1e-6)
 
 
-@pytest.mark.parametrize("command", ["sample", "plot", "report", "restore"])
+@pytest.mark.parametrize("command", ["sample", "restore"])  # plot and report draw a table's pictures (test_tables)
 def test_a_run_without_images_is_refused(tmp_path, monkeypatch, capsys, command):
     run = tmp_path / "tabular"
     make_run(run, None, x_dim=7)

@@ -1,5 +1,5 @@
 """`aevb plot`, `aevb report` and `aevb restore`: pictures, the HTML report and restoration of a trained run
-(grey or RGB images; a run on tabular data has none and is refused)."""
+(grey or RGB images; a run on a table gets the table's pictures, and restoration, which needs images, refuses it)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import runs
 from ..inspect.plots import check_image, display_scale, png_bytes, run_figures, write_figures
 from ..inspect.report import write_report
+from ..inspect.tables import table_figures
 from ..inspect.restore import (MASKS, comparison_figure, low_shape, make_mask, read_images, run_task, spread_mask,
                                summarize)
 from .common import UsageError, check_positive, device as get_device, run_and_data
@@ -23,8 +24,12 @@ def require_images(config: dict, run) -> tuple[int, ...]:
 
 def cmd_plot(args) -> int:
     model, config, ds = run_and_data(args.run, args.data_dir)
-    scale = display_scale(require_images(config, args.run))
-    figures = run_figures(model, config, ds, runs.read_metrics(args.run), seed=args.seed)
+    metrics = runs.read_metrics(args.run)
+    if config.get("data", {}).get("image_shape") is None:  # a table: its columns, correlations, latent space
+        figures, scale = table_figures(model, config, ds, metrics, seed=args.seed), 1
+    else:
+        scale = display_scale(require_images(config, args.run))
+        figures = run_figures(model, config, ds, metrics, seed=args.seed)
     for path in write_figures(figures, Path(args.out or Path(args.run) / "plots"), scale):
         print(path)
     return 0
@@ -38,7 +43,8 @@ def cmd_report(args) -> int:
             raise UsageError(f"--include {name}: expected a JSON object")
     out = Path(args.out or Path(args.run) / "report.html")
     _, config, ds = run_and_data(args.run, args.data_dir)
-    require_images(config, args.run)
+    if config.get("data", {}).get("image_shape") is not None:
+        require_images(config, args.run)  # a shape aevb cannot draw
     write_report(args.run, out, ds, dims=args.dims, points=args.points, include=include,
                  explorer=not args.no_explorer, seed=args.seed)
     print(out)

@@ -199,7 +199,9 @@ def _plot_parser(sub) -> None:
     pl = sub.add_parser("plot", help="learning curves, reconstructions, samples, manifold or traversals and "
                         "interpolations, latent space, KL per dimension (PNGs)",
                         description="Write the run's pictures as PNGs: curves, reconstructions, samples, manifold "
-                        "(Nz = 2) or traversals and interpolations (Nz > 2), latent, kl.")
+                        "(Nz = 2) or traversals and interpolations (Nz > 2), latent, kl. A run on a table: curves, "
+                        "columns (each column's histogram, data against model draws, in the columns' own units), "
+                        "correlations, latent, kl.")
     pl.add_argument("run", help="run folder")
     pl.add_argument("--out", help="folder for the PNGs (default RUN/plots)")
     pl.add_argument("--data-dir", help="override the data folder recorded in the run")
@@ -209,7 +211,8 @@ def _plot_parser(sub) -> None:
 def _report_parser(sub) -> None:
     r = sub.add_parser("report", help="one self-contained HTML page: config, metrics, curves, pictures and a live "
                        "latent explorer", description="Write a self-contained HTML report of a run (images and "
-                       "the decoder's weights embedded; no server needed).")
+                       "the decoder's weights embedded; no server needed). A run on a table gets its pictures and no "
+                       "explorer.")
     r.add_argument("run", help="run folder")
     r.add_argument("--out", help="HTML path (default RUN/report.html)")
     r.add_argument("--dims", type=_dims, help="two latent dimensions for the explorer, e.g. 3,7 (default: the two "

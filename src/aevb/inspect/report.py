@@ -2,7 +2,7 @@
 explorer whose decoder runs in the page (weights embedded as base64 float32, no server, no external resources).
 
 Grey and RGB images alike ([H, W] or [C, H, W], see plots.py); where the config has `data.class_names`, the
-latent space's legends name the classes.
+latent space's legends name the classes. A run on a table gets the table's pictures (tables.py) and no explorer.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from .diagnostics import ACTIVE_THRESHOLD, active_units, kl_per_dim, posterior_m
 from .layers import LAYER_SAMPLES, decoder_latent_dim, is_layered, layer_diagnostics
 from .plots import (LABEL_COLORS, check_image, class_names, display_scale, label_name, png_bytes, run_figures,
                     top_dims)
+from .tables import table_figures
 
 # What the in-page decoder implements: nets.ACTIVATIONS's modules (and sigmoid) and every likelihood's mean.
 JS_ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.ELU: "elu", nn.GELU: "gelu", nn.SiLU: "silu",
@@ -184,16 +185,23 @@ def build_report(run_dir, ds, *, dims=None, points: int = 1000, include: dict[st
                  explorer: bool = True, seed: int = 0) -> str:
     """The report's HTML for the run in `run_dir` with its data set `ds` (see module docstring).
 
+    A run on data without images (`data.image_shape` null: a table) gets the pictures of `tables.table_figures`
+    and no explorer. A decoder the explorer cannot run (a conv decoder, a likelihood without an in-page head) leaves
+    the explorer out with a note saying why.
+
     Raises:
-        ValueError: the run's data have no images (`data.image_shape` null). A decoder the explorer cannot run (a
-            conv decoder, a likelihood without an in-page head) leaves the explorer out with a note saying why.
+        ValueError: an `image_shape` that is not a picture aevb can draw.
     """
     model, config = load_run(run_dir)
     metrics = runs.read_metrics(run_dir)
-    shape = check_image(config["data"].get("image_shape"))
-    figures = run_figures(model, config, ds, metrics, seed=seed)
+    shape = config["data"].get("image_shape")
+    if shape is None:
+        figures, scale = table_figures(model, config, ds, metrics, seed=seed), 1
+    else:
+        shape = check_image(shape)
+        figures, scale = run_figures(model, config, ds, metrics, seed=seed), display_scale(shape)
     x_test = ds.test
-    summary, layer_table = _latent_summary(model, x_test, seed)
+    summary, layer_table = _latent_summary(model, x_test, seed, "test images" if shape else "test rows")
     parts = [f"<h1>aevb run: {html.escape(str(run_dir))}</h1>",
              f"<p class='small'>{html.escape(_data_name(config.get('data', {})))}, preset "
              f"{html.escape(str(config.get('preset')))}, created {html.escape(str(config.get('created')))}; "
@@ -216,9 +224,12 @@ def build_report(run_dir, ds, *, dims=None, points: int = 1000, include: dict[st
     parts.append("<h2>Pictures</h2>")
     for name, (caption, pic) in figures.items():
         cls = "grid" if isinstance(pic, np.ndarray) else ""
-        parts.append(f"<figure id='fig-{name}'>{_img(png_bytes(pic, display_scale(shape)), name, cls)}"
+        parts.append(f"<figure id='fig-{name}'>{_img(png_bytes(pic, scale), name, cls)}"
                      f"<figcaption><b>{html.escape(name)}</b>: {html.escape(caption)}</figcaption></figure>")
-    if explorer:
+    if explorer and shape is None:
+        parts.append("<h2>Latent explorer</h2><p class='small'>Not available for this run: it draws the decoder's "
+                     "images, and these data are not images.</p>")
+    elif explorer:
         try:
             decoder_spec(model)
         except ValueError as e:  # a decoder the page cannot run (conv, new likelihoods): the rest of the report
@@ -237,10 +248,12 @@ LAYER_HEADERS = ("layer", "q", "p", "latent dimensions", "active units", "KL (na
                  "KL per dimension (nats)")
 
 
-def _latent_summary(model, x_test: torch.Tensor, seed: int = 0) -> tuple[list[tuple[str, object]], str]:
-    """The report's rows on the latent space (test images, latent dimensions, active units, KL) and, for a
-    hierarchical VAE, the HTML table of its stochastic layers (`layers.layer_diagnostics`); else ''."""
-    summary: list[tuple[str, object]] = [("test images", x_test.shape[0])]
+def _latent_summary(model, x_test: torch.Tensor, seed: int = 0,
+                    noun: str = "test images") -> tuple[list[tuple[str, object]], str]:
+    """The report's rows on the latent space (the number of test datapoints, named `noun`, latent dimensions,
+    active units, KL) and, for a hierarchical VAE, the HTML table of its stochastic layers
+    (`layers.layer_diagnostics`); else ''."""
+    summary: list[tuple[str, object]] = [(noun, x_test.shape[0])]
     active_label = "active units (Cov_x E[z_j|x] > %g)" % ACTIVE_THRESHOLD
     prior = model.prior()
     if is_layered(prior):

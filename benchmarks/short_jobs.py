@@ -3,10 +3,11 @@ ReLU-20, Adam 1e-3, M = 128, 2 epochs) run by aevb against the same job run by a
 pytorch/examples/vae/main.py is (per-item PIL images, a shuffling DataLoader, BCE on probabilities, `.item()` per
 step, a test pass after each epoch). Each command is a fresh process pinned to one core with one thread; the 2-epoch
 jobs alternate, `--repeats` times; with `--bf16` (on a CPU with native bfloat16) aevb's job also runs with
-`--precision bf16` in the same rotation. Prints one JSON object: wall seconds (median and all), the test ELBO each
-job reports, and the speed-ups.
+`--precision bf16` in the same rotation; `--flags` adds flags to aevb's 2-epoch job (e.g. "--evals-per-decade 1":
+three evaluations instead of five). Prints one JSON object: wall seconds (median and all), the test ELBO each job
+reports, and the speed-ups.
 
-    python benchmarks/short_jobs.py --data-dir ../shared/data [--bf16]
+    python benchmarks/short_jobs.py --data-dir ../shared/data [--bf16] [--flags "--evals-per-decade 1"]
 """
 from __future__ import annotations
 
@@ -127,17 +128,19 @@ def main() -> None:
     p.add_argument("--data-dir", required=True, help="folder with mnist/ (the IDX files)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--bf16", action="store_true", help="also aevb's job with --precision bf16")
+    p.add_argument("--flags", default="", help="more `aevb train` flags for aevb's 2-epoch job (one string)")
     p.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.reference:
         return reference_main(args.data_dir)
     tiny = [aevb_job(["--samples", "1000"], args.data_dir) for _ in range(args.repeats)]
+    job = [*EXAMPLES_JOB, *args.flags.split()]
     ours, ref, low = [], [], []
     for _ in range(args.repeats):  # alternating, so all see the same machine
-        ours.append(aevb_job(EXAMPLES_JOB, args.data_dir))
+        ours.append(aevb_job(job, args.data_dir))
         ref.append(reference_job(args.data_dir))
         if args.bf16:
-            low.append(aevb_job([*EXAMPLES_JOB, "--precision", "bf16"], args.data_dir))
+            low.append(aevb_job([*job, "--precision", "bf16"], args.data_dir))
     med = lambda runs: statistics.median(s for s, _ in runs)  # noqa: E731
     bf16 = {"aevb_bf16_seconds_median": round(med(low), 2), "bf16_speedup": round(med(ref) / med(low), 2),
             "aevb_bf16_test_elbo": [round(e, 2) for _, e in low], "aevb_bf16_seconds": [round(s, 2) for s, _ in low]
@@ -145,6 +148,7 @@ def main() -> None:
     print(json.dumps({
         "aevb_train_samples_1000": {"seconds_median": round(med(tiny), 2), "seconds": [round(s, 2) for s, _ in tiny]},
         "examples_2_epochs": {
+            "aevb_flags": " ".join(job),
             "aevb_seconds_median": round(med(ours), 2), "reference_seconds_median": round(med(ref), 2),
             "speedup": round(med(ref) / med(ours), 2),
             "aevb_test_elbo": [round(e, 2) for _, e in ours], "reference_test_elbo": [round(e, 2) for _, e in ref],

@@ -99,6 +99,7 @@ def test_a_failing_point_does_not_stop_the_others(tmp_path, capsys):
 @pytest.mark.parametrize("grid, fixed, message", [
     (["--grid", "latent-dim", "2", "x"], [], "grid point latent-dim-x: argument --latent-dim: invalid int value"),
     (["--grid", "latent-dimz", "2"], [], "--grid latent-dimz: not a flag of aevb train"),
+    (["--grid", "--latent-dimz", "2"], [], "--grid latent-dimz: not a flag of aevb train"),  # dashes kept
     (["--grid", "latent-dims", "2,2"], [], "grid point latent-dims-2,2: --latent-dims needs --stochastic-layers 2"),
     (["--grid", "out", "a"], [], "--grid out: not a flag of aevb train"),
     (["--grid", "latent-dim=2,3"], [], "write the flag and its values as words"),
@@ -127,3 +128,15 @@ def test_fixed_flags_reach_every_run_as_written(tmp_path):
     assert points[1].argv == ["--data", "x.npy", "--image-size", "28x32", "--skip-bad", "--lr", "auto", "--samples",
                               "10000", "--seed", "1", "--hidden", "8,8"]
     assert not (tmp_path / "grid").exists()
+
+
+def test_the_flag_after_grid_may_keep_its_dashes():
+    from aevb.cli import _grid_flags_undashed, build_parser
+    from aevb.cli.sweep import plan
+    dashed = ["sweep", "--out", "o", "--grid", "--seed", "1", "2", "--grid", "hidden", "16", "--lr", "0.1"]
+    assert _grid_flags_undashed(dashed) == ["sweep", "--out", "o", "--grid", "seed", "1", "2", "--grid", "hidden",
+                                            "16", "--lr", "0.1"]
+    assert _grid_flags_undashed(["train", "--grid", "--seed"]) == ["train", "--grid", "--seed"]  # sweep only
+    points = plan(build_parser().parse_args(_grid_flags_undashed(dashed)))
+    assert [p.argv for p in points] == [["--lr", "0.1", "--seed", "1", "--hidden", "16"],
+                                        ["--lr", "0.1", "--seed", "2", "--hidden", "16"]]

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
 
 
 def _run(argv) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_grid_flags_undashed(sys.argv[1:] if argv is None else list(argv)))
     try:
         data_dir = getattr(args, "data_dir", None)
         if data_dir is not None and not Path(data_dir).is_dir():
@@ -47,6 +47,15 @@ def _run(argv) -> int:
     except KeyboardInterrupt:
         print(f"{_who()}: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
         return 130
+
+
+def _grid_flags_undashed(argv: list[str]) -> list[str]:
+    """`aevb sweep --grid --latent-dim 2 5` read as `--grid latent-dim 2 5`: the flag after --grid may keep its
+    dashes (argparse would take it for an option of its own and leave --grid empty)."""
+    if not argv or argv[0] != "sweep":
+        return argv
+    return [a[2:] if i and argv[i - 1] == "--grid" and a.startswith("--") and len(a) > 2 else a
+            for i, a in enumerate(argv)]
 
 
 def _who() -> str:

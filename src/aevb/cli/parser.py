@@ -87,8 +87,8 @@ def _sweep_parser(sub) -> None:
                        "apply to every run. Re-running the same sweep skips finished runs and resumes interrupted "
                        "ones.")
     s.add_argument("--grid", action="append", nargs="+", required=True, metavar="FLAG VALUE",
-                   help="a train flag without its dashes and the values to try, e.g. --grid latent-dim 2 5 10 "
-                   "(repeatable: the grid is the product; a switch takes true/false)")
+                   help="a train flag and the values to try, e.g. --grid latent-dim 2 5 10 (the flag's dashes "
+                   "may be left out; repeatable: the grid is the product; a switch takes true/false)")
     s.add_argument("--out", required=True, help="folder for the run folders, summary.csv and logs/")
     s.add_argument("--jobs", type=int, help="runs trained at once, one thread each (default: the usable cores)")
     s.add_argument("--no-progress", action="store_true", help="no progress line (failures are still reported)")

@@ -214,3 +214,21 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     b, _ = runs.parse_tensors((tmp_path / "ref" / runs.CHECKPOINT).read_bytes(), "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
+
+
+def test_a_run_that_is_training_is_not_resumed_a_second_time(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--samples", "400", "--hidden", "16", "--latent-dim", "2",
+                 "--out", str(run), "--no-progress"]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+    with runs.training_lock(run):  # as another process training into it holds it
+        assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"aevb: error: {run} is being trained by another process; wait for it to end or stop it, then "
+                       f"continue with --resume {run}")
+        with pytest.raises(runs.RunError, match="being trained by another process"):
+            fit(_model(), load("digits").train, load("digits").test, _cfg(samples=100), run, progress=False,
+                resume=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing written, nothing removed
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # the lock ends with its holder

@@ -5,10 +5,12 @@ reads and writes the files; `aevb.load.load_run` turns a folder back into a mode
 Files are written atomically (temporary file, flush, fsync, rename, fsync of the folder), so a kill at any moment
 leaves the old file or the new one; metrics.jsonl is appended line by line and a torn last line is ignored.
 The checkpoint is one file: tensors plus the training state as JSON in the safetensors header. Nothing is ever
-loaded through pickle.
+loaded through pickle. A process that trains into a folder holds `training_lock` on it.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import struct
@@ -179,6 +181,32 @@ def prepare_run_dir(path: Path, *, resume: bool = False) -> Path:
     except OSError as e:
         raise RunError(f"cannot write to the output folder {path}: {e.strerror or e}") from None
     return path
+
+
+@contextlib.contextmanager
+def training_lock(path: Path):
+    """Hold an exclusive lock on the run folder `path` while training into it: a second process that tries (a
+    `--resume` of a run still training, a sweep started twice) gets a RunError instead of writing the same files
+    at the same time. The lock is the operating system's advisory lock on the folder itself (flock), so no file is
+    left behind and it ends with its process however that ends (SIGKILL included). Where there is no flock (Windows)
+    or the file system refuses it (some network file systems), there is no lock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunError(f"{path} is being trained by another process; wait for it to end or stop it, then "
+                               f"continue with --resume {path}") from None
+            # no locks on this file system: train without one
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def remove_unstarted(path: Path) -> bool:

@@ -1,6 +1,7 @@
 """`fit`: train a model with Algorithm 1 from Python (the `aevb train` command calls it too)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -96,12 +97,15 @@ def fit(model, train_x, test_x, cfg: TrainConfig, run_dir=None, *, progress: boo
     # the training path this run takes, so that config.json records it ("fused" or "autograd", not "auto")
     cfg = dataclasses.replace(cfg, step=resolve_step(cfg, model, distributed.current().size))
     torch.manual_seed(cfg.seed)
+    lock = contextlib.ExitStack()
+    if run_dir is not None:
+        _prepare(run_dir, model, train, test, cfg, record, test_indices, resume)
+        if distributed.current().main:  # the process that writes the folder holds it until fit returns
+            lock.enter_context(runs.training_lock(Path(run_dir)))
     # Tiny gradients squared by Adagrad and saturated sigmoids produce subnormal floats, which x86 CPUs process
     # many times slower; flushing them changes nothing above 1e-38. On every thread of the pool: denormals.py.
     flush = flush_denormals(True)
     trainer = None
-    if run_dir is not None:
-        _prepare(run_dir, model, train, test, cfg, record, test_indices, resume)
     try:
         try:
             trainer = Trainer(model, train, test, cfg, Path(run_dir) if run_dir is not None else None,
@@ -122,3 +126,4 @@ def fit(model, train_x, test_x, cfg: TrainConfig, run_dir=None, *, progress: boo
             trainer.tb.close()
         if flush:
             flush_denormals(False)
+        lock.close()

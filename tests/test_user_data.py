@@ -448,3 +448,14 @@ def test_sample_pictures_of_a_hierarchy_draw_ancestrally():
         z = model.prior().sample((9,))
     expected = image_grid(as_images(decode_mean(model, z), (4, 4)))
     np.testing.assert_array_equal(sample_grid(model, (4, 4), n=9, seed=3), expected)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian-sigmoid", "discretized-logistic"])
+def test_a_table_with_a_likelihood_of_another_support_is_refused_in_its_own_terms(tmp_path, capsys, likelihood):
+    (tmp_path / "t.csv").write_text("a,b\n" + "\n".join(f"{i},{i % 7}" for i in range(50)))
+    out = tmp_path / "run"
+    assert _aevb("train", "--data", tmp_path / "t.csv", "--likelihood", likelihood, "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"aevb: error: --likelihood {likelihood} cannot model a table: aevb standardizes its columns "
+                   "(mean 0, standard deviation 1), so the values span the real line; use --likelihood gaussian")
+    assert not out.exists()

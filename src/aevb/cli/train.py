@@ -85,12 +85,21 @@ def _model_config(settings: dict, given: dict, ds, args):
     return models.ModelConfig(x_dim=ds.x_dim, image_shape=ds.image_shape, **model)
 
 
+def _check_table_likelihood(ds, likelihood: str) -> None:
+    """A table's columns are standardized, which only a likelihood on the whole real line can model: say so
+    rather than report standardized values outside [0, 1] that the user never wrote."""
+    if (ds.source or {}).get("kind") == "table" and likelihood != "gaussian":
+        raise UsageError(f"--likelihood {likelihood} cannot model a table: aevb standardizes its columns (mean 0, "
+                         "standard deviation 1), so the values span the real line; use --likelihood gaussian")
+
+
 def _train_new(args, device, world) -> int:
     settings = _settings(args, world)
     given = given_options(args)
     _data_settings(settings, given, args)
     ds = load_data(settings["data"], args.data_dir, progress=not args.no_progress)
     model_cfg = _model_config(settings, given, ds, args)
+    _check_table_likelihood(ds, model_cfg.likelihood)
     check_data(ds.train, ds.test, model_cfg.likelihood, model_cfg.x_dim)
     torch.manual_seed(settings["train"].get("seed", 0))
     model = models.build(model_cfg).to(device)

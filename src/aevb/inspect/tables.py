@@ -63,13 +63,14 @@ def columns_figure(data: np.ndarray, draws: np.ndarray, names: list[str]):
     d = min(data.shape[1], MAX_COLUMNS)
     ncol = min(4, d)
     nrow = -(-d // ncol)
-    fig = Figure(figsize=(2.6 * ncol, 2.0 * nrow + 0.6))
+    fig = Figure(figsize=(2.6 * ncol, 2.0 * nrow + 0.6), layout="constrained")
     hists = column_histograms(data[:, :d], draws[:, :d])
     for j, (edges, h_data, h_draws) in enumerate(hists):
         ax = fig.add_subplot(nrow, ncol, j + 1)
         ax.stairs(h_data, edges, fill=True, color=LABEL_COLORS[0], alpha=0.35, label="data")
         ax.stairs(h_draws, edges, color=LABEL_COLORS[1], linewidth=1.5, label="model")
-        ax.set_title(names[j], fontsize=9)
+        outside = 1.0 - h_draws.sum() * (edges[1] - edges[0])  # the draws' share beyond the rows' range
+        ax.set_title(names[j] + (f" ({outside:.0%} of draws off the axis)" if outside >= 0.05 else ""), fontsize=9)
         ax.tick_params(labelsize=7)
         ax.set_yticks([])
         if j == 0:
@@ -77,7 +78,6 @@ def columns_figure(data: np.ndarray, draws: np.ndarray, names: list[str]):
     more = f" (the first {d} of {data.shape[1]} columns)" if data.shape[1] > d else ""
     fig.suptitle(f"Each column: {len(data):,} training rows against {len(draws):,} draws x ~ p(x|z), z ~ p(z){more}",
                  fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -87,14 +87,14 @@ def correlations_figure(data: np.ndarray, draws: np.ndarray, names: list[str]):
 
     cd, cm = correlations(data), correlations(draws)
     d = len(cd)
-    fig = Figure(figsize=(9.5, 4.6))
+    fig = Figure(figsize=(9.5, 4.6), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, c, title in ((axes[0], cd, "training rows"), (axes[1], cm, "model draws")):
         im = ax.imshow(c, vmin=-1, vmax=1, cmap="RdBu_r")
         ax.set_title(title, fontsize=9)
-        if d <= 20:
+        if d <= 20:  # names on both x axes, on the left y axis only
             ax.set_xticks(range(d), names, rotation=90, fontsize=7)
-            ax.set_yticks(range(d), names, fontsize=7)
+            ax.set_yticks(range(d), names if ax is axes[0] else [], fontsize=7)
         else:
             ax.set_xticks([])
             ax.set_yticks([])

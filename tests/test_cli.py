@@ -172,3 +172,31 @@ def test_eval_grid_needs_two_latent_dims(digits_run, capsys):
     assert main(["eval", str(digits_run), "--method", "grid", "--limit", "5"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("aevb: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_a_picture_of_too_many_samples_is_refused(digits_run, tmp_path, capsys):
+    out = tmp_path / "s.png"
+    assert main(["sample", str(digits_run), "--n", "10001", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aevb: error: --n 10001: a picture holds at most 10,000 samples") and "\n" not in err
+    assert not out.exists()
+
+
+def test_an_allocation_that_fails_is_one_line_and_other_errors_are_not_hidden(digits_run, monkeypatch, capsys):
+    import aevb.cli.evaluate as evaluate
+
+    def alloc(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 204800000000 bytes. Error code 12")
+
+    monkeypatch.setattr(evaluate, "sample_grid", alloc)
+    assert main(["sample", str(digits_run), "--n", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aevb: error: out of memory ([enforce fail") and "ask for less" in err and "\n" not in err
+
+    def bug(*a, **k):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(evaluate, "sample_grid", bug)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        main(["sample", str(digits_run), "--n", "4"])

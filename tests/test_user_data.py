@@ -382,6 +382,17 @@ def test_a_table_run_samples_in_the_columns_own_units(tmp_path, capsys):
     s = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
     # standardized columns are N(0, 1) for the model; undone, the draws sit around each column's own scale
     assert abs(s[:, 0].mean() - 1000) < 20 and abs(s[:, 1].mean() + 3) < 0.05
+    # drawn in chunks: the same seed and chunk size give the same rows, and every chunk is drawn
+    from aevb import load_run
+    from aevb.cli.evaluate import _write_table
+
+    model, config = load_run(out)
+    _write_table(tmp_path / "a.csv", model, config["data"]["source"], 7, seed=0, chunk=10)
+    _write_table(tmp_path / "b.csv", model, config["data"]["source"], 7, seed=0, chunk=10)
+    _write_table(tmp_path / "c.csv", model, config["data"]["source"], 7, seed=0, chunk=3)
+    a, c = (tmp_path / "a.csv").read_text().splitlines(), (tmp_path / "c.csv").read_text().splitlines()
+    assert (tmp_path / "b.csv").read_text().splitlines() == a and a[0] == c[0] == "price,temp"
+    assert len(a) == len(c) == 8 and len(set(c[1:])) == 7  # 3 + 3 + 1 rows, no chunk repeated
     assert _aevb("plot", out) == 0
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
         "columns.png", "correlations.png", "curves.png", "kl.png", "latent.png"]

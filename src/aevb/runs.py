@@ -97,6 +97,16 @@ def write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def write_lines(path: Path, lines) -> None:
+    """Write an iterable of text lines (each without its newline) atomically, as they come: the whole text is
+    never held in memory."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line + "\n")
+    _atomic_write(path, write)
+
+
 def write_npz(path: Path, arrays: dict) -> None:
     """numpy arrays in one .npz (no pickled objects: load it with allow_pickle=False)."""
     import numpy as np

@@ -44,9 +44,24 @@ def _run(argv) -> int:
     except (DataError, runs.RunError, UsageError, ValueError, FloatingPointError) as e:
         print(f"{_who()}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        first = (str(e).strip().splitlines() or ["MemoryError"])[0]
+        print(f"{_who()}: error: out of memory ({first[:200]}); ask for less: a smaller --n, --k, --chains, "
+              "--limit or --batch-size", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{_who()}: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
         return 130
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether an exception is an allocation that failed (CPU or GPU), not another runtime error."""
+    import torch
+
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e).lower()))
 
 
 def _grid_flags_undashed(argv: list[str]) -> list[str]:

@@ -22,6 +22,7 @@ from .common import UsageError, check_positive, compile_failed, device as get_de
 
 
 K_NAMES = {"is": "num_samples", "hmc": "num_samples", "ais": "num_chains"}
+MAX_PICTURE_SAMPLES = 10_000  # `aevb sample`'s PNG grid: 100 x 100 images
 AIS_DEFAULTS = {p.name: p.default for p in inspect.signature(ais).parameters.values()}
 
 
@@ -151,19 +152,27 @@ def cmd_sample(args) -> int:
         print(out)
         return 0
     shape = require_images(config, args.run)  # grey or RGB; a run on tabular data has none
+    if args.n > MAX_PICTURE_SAMPLES:
+        raise UsageError(f"--n {args.n}: a picture holds at most {MAX_PICTURE_SAMPLES:,} samples (for more, draw "
+                         "them in Python: aevb.load_run(RUN)[0].sample(n))")
     out = Path(args.out or Path(args.run) / "samples.png")
     save_image(out, sample_grid(model, shape, n=args.n, seed=args.seed))
     print(out)
     return 0
 
 
-def _write_table(out: Path, model, source: dict, n: int, seed: int) -> None:
-    """n draws x ~ p(x|z), z ~ p(z), with the training rows' standardization undone, as CSV with the column names."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        x = model.sample(n, mean=False).double()
-    x = x * torch.tensor(source["scaler"]["std"], dtype=torch.float64) + torch.tensor(source["scaler"]["mean"],
-                                                                                        dtype=torch.float64)
-    header = ",".join(source.get("columns") or [f"column {j + 1}" for j in range(x.shape[1])])
-    rows = "\n".join(",".join(f"{v:.9g}" for v in row) for row in x.tolist())
-    runs.write_text(out, f"{header}\n{rows}\n")
+def _write_table(out: Path, model, source: dict, n: int, seed: int, chunk: int = 10_000) -> None:
+    """n draws x ~ p(x|z), z ~ p(z), with the training rows' standardization undone, as CSV with the column names;
+    drawn and written `chunk` rows at a time, so memory stays bounded for any n."""
+    std = torch.tensor(source["scaler"]["std"], dtype=torch.float64)
+    mean = torch.tensor(source["scaler"]["mean"], dtype=torch.float64)
+
+    def lines():
+        yield ",".join(source.get("columns") or [f"column {j + 1}" for j in range(len(std))])
+        torch.manual_seed(seed)
+        for start in range(0, n, chunk):
+            with torch.no_grad():
+                x = model.sample(min(chunk, n - start), mean=False).double().cpu() * std + mean
+            yield from (",".join(f"{v:.9g}" for v in row) for row in x.tolist())
+
+    runs.write_lines(out, lines())

@@ -161,7 +161,7 @@ def _sample_parser(sub) -> None:
     s = sub.add_parser("sample", help="decode random z ~ p(z) into a PNG grid (a run on a table: draws x ~ p(x|z) "
                        "in the columns' own units, as CSV)")
     s.add_argument("run", help="run folder")
-    s.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
+    s.add_argument("--n", type=int, default=100, help="number of samples (default 100; at most 10000 in a picture)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="output path (default RUN/samples.png, or RUN/samples.csv for a table)")
 

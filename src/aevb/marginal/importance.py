@@ -11,6 +11,10 @@ from .common import _check_positive, _chunk_size, _evaluating, _log_likelihood, 
 from .mlp_likelihood import mlp_log_likelihood
 
 
+# datapoints done to one decimal: a batch advances the bar as its samples are drawn
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} datapoints [{elapsed}<{remaining}]"
+
+
 @torch.no_grad()
 def importance_sampling(model, x: torch.Tensor, *, num_samples: int = 5000, chunk_size: int | None = None,
                         batch_size: int = 100, progress: bool = False, seed: int | None = None,
@@ -27,7 +31,7 @@ def importance_sampling(model, x: torch.Tensor, *, num_samples: int = 5000, chun
         x: (N, D) data, processed `batch_size` datapoints at a time.
         num_samples: K importance samples per datapoint.
         chunk_size: samples per decoder call; None picks it so that chunk * batch * D < MAX_FLOATS.
-        progress: show a tqdm bar over datapoints.
+        progress: show a tqdm bar over datapoints (advancing by fractions of a batch as its samples are drawn).
         seed: seed of a private RNG stream (None: the global one).
         compile: compute log p(x|z) through torch.compile of the model's log_likelihood (not the hand-written
             decoder), which fuses the decoder's elementwise work (tanh, softplus, the sum over pixels) into loops
@@ -47,17 +51,22 @@ def importance_sampling(model, x: torch.Tensor, *, num_samples: int = 5000, chun
         log_lik = torch.compile(log_lik, dynamic=True)
     else:
         log_lik = mlp_log_likelihood(model) or log_lik
-    with _evaluating(model, seed, x.device), tqdm(total=x.shape[0], disable=not progress, desc="IS") as bar:
+    with _evaluating(model, seed, x.device), tqdm(total=x.shape[0], disable=not progress, desc="IS",
+                                                   bar_format=BAR_FORMAT) as bar:
+        done = 0
         for xb in x.split(batch_size):
             k = chunk_size or _chunk_size(*xb.shape)  # (k, B, D)
-            lp, el = _is_batch(model, log_lik, xb, num_samples, k)
+            tick = (lambda drawn, b=xb.shape[0]: bar.update(b * drawn / num_samples)) if progress else None
+            lp, el = _is_batch(model, log_lik, xb, num_samples, k, tick)
             log_px.append(lp)
             elbo.append(el)
-            bar.update(xb.shape[0])
+            done += xb.shape[0]
+            bar.update(done - bar.n)  # whole datapoints again, whatever the fractions summed to
     return _summary(torch.cat(log_px), elbo=torch.cat(elbo))
 
 
-def _is_batch(model, log_lik, x: torch.Tensor, num_samples: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _is_batch(model, log_lik, x: torch.Tensor, num_samples: int, chunk: int,
+              tick=None) -> tuple[torch.Tensor, torch.Tensor]:
     q, prior = model.encode(x), model.prior()
     lse = x.new_full(x.shape[:1], -math.inf)  # running logsumexp of the log weights, (B,)
     total = x.new_zeros(x.shape[:1])  # running sum of the log weights, (B,)
@@ -66,4 +75,6 @@ def _is_batch(model, log_lik, x: torch.Tensor, num_samples: int, chunk: int) -> 
         log_w = log_lik(z, x) + prior.log_prob(z) - q.log_prob(z)  # (k, B)
         lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
         total += log_w.sum(0)
+        if tick is not None:
+            tick(z.shape[0])
     return lse - math.log(num_samples), total / num_samples

@@ -147,3 +147,16 @@ def test_eval_points_are_log_spaced():
     assert eval_points(10_000_000, 3) == [10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
                                           2_000_000, 5_000_000, 10_000_000]
     assert eval_points(5000, 1) == [100, 1000, 5000]
+
+
+def test_points_passed_by_one_step_are_evaluated_once(digits, tmp_path, capsys):
+    # 2,000 datapoints in minibatches of 1,000: the points 100, 200, 500 and 1,000 are all passed by the first step
+    assert eval_points(2000, 3) == [100, 200, 500, 1000, 2000]
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(x_dim=64, latent_dim=2, hidden=(8,)))
+    history = fit(model, digits.train, digits.test, TrainConfig(samples=2000, batch_size=1000), tmp_path / "run",
+                  progress=False)
+    assert [r["samples_seen"] for r in history] == [1000, 2000]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["samples_seen"] for line in lines] == [1000, 2000]
+    assert capsys.readouterr().out.count("train ELBO") == 2

@@ -230,6 +230,9 @@ class Trainer:
                     rec = self.log_eval()
                     bar.note(rec)
                 self.point_index += 1
+                # points that the same steps passed too (a minibatch larger than their spacing): one evaluation
+                while self.point_index < len(self.points) and self.points[self.point_index] <= self.samples_seen:
+                    self.point_index += 1
                 self.checkpoint()
         if self.ema is not None:  # leave the model holding the weights that were evaluated and saved
             with torch.no_grad():

@@ -118,3 +118,25 @@ def test_compiled_sgvb_b_gives_the_eager_loss_and_gradients(gradient):
     torch.testing.assert_close(loss_c, loss, rtol=1e-5, atol=1e-5)
     for g, g_c in zip(grads, grads_c):
         torch.testing.assert_close(g_c, g, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("x, message", [
+    (torch.rand(5, 10), r"non-empty \(N, 6\) tensor of datapoints, got shape \(5, 10\)"),
+    (torch.rand(0, 6), r"got shape \(0, 6\)"),
+    (torch.rand(6), r"got shape \(6,\)"),
+])
+def test_evaluate_names_data_of_the_wrong_shape(x, message):
+    from aevb import evaluate
+
+    model = VAE(ModelConfig(x_dim=6, latent_dim=2, hidden=(4,)))
+    with pytest.raises(ValueError, match=message):
+        evaluate(model, x)
+    with pytest.raises(ValueError, match="unknown estimator 'elbo'; choose from"):
+        evaluate(model, torch.rand(3, 6), estimator="elbo")
+    # and the bound of a known answer: mean over rows of sgvb_b's per-row elbo, in float64 sums
+    x = torch.rand(7, 6)
+    torch.manual_seed(0)
+    got = evaluate(model, x, batch_size=3)
+    torch.manual_seed(0)
+    want = torch.cat([sgvb_b(model.eval(), c)["elbo"] for c in x.split(3)]).double().mean()
+    assert got["n"] == 7 and got["elbo"] == pytest.approx(float(want), rel=1e-12)

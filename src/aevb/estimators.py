@@ -259,8 +259,17 @@ def evaluate(model, x: torch.Tensor, *, estimator: str = "sgvb_b", num_samples: 
 
     Returns:
         dict of floats: `elbo`, `rec`, `kl` (means over the N datapoints) and `n`.
+
+    Raises:
+        ValueError: an unknown estimator, or `x` that is not a non-empty (N, D) tensor with the model's D.
     """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
     fn = ESTIMATORS[estimator]
+    d = getattr(getattr(model, "config", None), "x_dim", None)
+    if x.ndim != 2 or x.shape[0] == 0 or (d is not None and x.shape[1] != d):
+        want = f"(N, {d})" if d is not None else "(N, D)"
+        raise ValueError(f"evaluate needs a non-empty {want} tensor of datapoints, got shape {tuple(x.shape)}")
     was_training = model.training
     model.eval()
     sums = {k: torch.zeros((), dtype=torch.float64, device=x.device) for k in ("elbo", "rec", "kl")}

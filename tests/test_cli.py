@@ -166,6 +166,25 @@ def test_remove_unstarted_keeps_runs_that_hold_more(tmp_path):
     (started / runs.METRICS).unlink()
     assert runs.remove_unstarted(started) and not started.exists()
     assert not runs.remove_unstarted(tmp_path / "missing")
+    split = tmp_path / "split"  # your own data split by a fraction: the held-out indices are written at creation
+    split.mkdir()
+    (split / runs.SPLIT).write_bytes(b"")
+    assert not runs.remove_unstarted(split)  # no config.json: not a run folder aevb made
+    (split / runs.CONFIG).write_text("{}")
+    assert runs.remove_unstarted(split) and not split.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "100000", "--samples", "300"], "a minibatch of 100,000 is larger than the 36 training"),
+    (["--batch-size", "20", "--samples", "15"], "15 datapoints to train on are fewer than one minibatch of 20"),
+])
+def test_a_minibatch_the_data_or_the_budget_cannot_fill_is_refused(tmp_path, capsys, flags, message):
+    (tmp_path / "t.csv").write_text("a,b\n" + "\n".join(f"{i},{i % 7}" for i in range(40)))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "t.csv"), *flags, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not out.exists()  # config.json and split.safetensors removed with the folder
 
 
 def test_eval_grid_needs_two_latent_dims(digits_run, capsys):

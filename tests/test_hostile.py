@@ -149,7 +149,7 @@ def test_bad_data_values(case, train, test, argv, fragment, tmp_path, capsys, mo
 def test_grey_levels_outside_the_unit_interval_are_fine_for_a_gaussian(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli_common, "load", _digits_like(torch.rand(20, 64) * 3, torch.rand(5, 64) * 3))
     assert main(["train", "--dataset", "digits", "--hidden", "8", "--likelihood", "gaussian", "--samples", "200",
-                 "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+                 "--batch-size", "10", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -220,12 +220,17 @@ def training_lock(path: Path):
 
 
 def remove_unstarted(path: Path) -> bool:
-    """Remove a run folder that holds nothing but its config.json (a run that failed before its first checkpoint
-    or evaluation); leave any other folder alone. Returns whether it removed it."""
+    """Remove a run folder that holds nothing but its config.json and, for your own data split by a fraction, its
+    split.safetensors (a run that failed before its first checkpoint or evaluation); leave any other folder alone.
+    Returns whether it removed it."""
     path = Path(path)
-    if not path.is_dir() or {p.name for p in path.iterdir()} != {CONFIG}:
+    if not path.is_dir():
         return False
-    (path / CONFIG).unlink()
+    names = {p.name for p in path.iterdir()}
+    if CONFIG not in names or not names <= {CONFIG, SPLIT}:
+        return False
+    for name in names:
+        (path / name).unlink()
     path.rmdir()
     return True
 

@@ -61,3 +61,17 @@ class NonFiniteError(FloatingPointError):
                    f"{t.step}, {t.samples_seen:,} datapoints; {t.skipped} skipped in all); the last checkpoint "
                    f"({where}) is intact: --resume it with a higher --max-nonfinite, or train again with a lower --lr "
                    "or a --grad-clip")
+
+
+def check_minibatch(batch_size: int, n_train: int, total: int) -> None:
+    """Refuse a minibatch larger than the training set, or a budget of `total` datapoints under one minibatch.
+
+    Raises:
+        ValueError: (one line) naming the sizes and what to change.
+    """
+    if batch_size > n_train:
+        raise ValueError(f"a minibatch of {batch_size:,} is larger than the {n_train:,} training datapoints; use a "
+                         f"batch size of at most {n_train:,}")
+    if total < batch_size:
+        raise ValueError(f"{total:,} datapoints to train on are fewer than one minibatch of {batch_size:,}; train on "
+                         "more or use a smaller batch size")

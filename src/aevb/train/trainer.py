@@ -7,6 +7,7 @@ search (lr_search.py) are functions of the Trainer's state.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from .. import distributed
 from ..estimators import ESTIMATORS, resolve_estimator
 from ..optim import make_optimizer
 from . import checkpoint, evaluation, fused, lr_search
-from .checks import NonFiniteError, check_data
+from .checks import NonFiniteError, check_data, check_minibatch
 from .options import TrainConfig
 from .progress import Progress, TensorBoard
 from .schedule import eval_points, lr_factor
@@ -68,6 +69,7 @@ class Trainer:
         self.train_x, self.test_x = train_x, test_x
         self.n_train = train_x.shape[0]
         self.total = cfg.total_samples(self.n_train)
+        check_minibatch(cfg.batch_size, self.n_train, self.total)
         self.total_steps = math.ceil(self.total / cfg.batch_size)
         self.points = eval_points(self.total, cfg.evals_per_decade)
         self.point_index = 0
@@ -229,10 +231,8 @@ class Trainer:
                 if self.world.main:
                     rec = self.log_eval()
                     bar.note(rec)
-                self.point_index += 1
-                # points that the same steps passed too (a minibatch larger than their spacing): one evaluation
-                while self.point_index < len(self.points) and self.points[self.point_index] <= self.samples_seen:
-                    self.point_index += 1
+                # past this point and any other the same steps passed (minibatches larger than their spacing)
+                self.point_index = bisect.bisect_right(self.points, self.samples_seen)
                 self.checkpoint()
         if self.ema is not None:  # leave the model holding the weights that were evaluated and saved
             with torch.no_grad():

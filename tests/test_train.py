@@ -160,3 +160,17 @@ def test_points_passed_by_one_step_are_evaluated_once(digits, tmp_path, capsys):
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["samples_seen"] for line in lines] == [1000, 2000]
     assert capsys.readouterr().out.count("train ELBO") == 2
+
+
+def test_a_second_fit_into_a_run_folder_is_refused_and_the_first_run_is_kept(digits, tmp_path):
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    fit(VAE(ModelConfig(x_dim=64, latent_dim=2, hidden=(8,))), digits.train, digits.test,
+        TrainConfig(samples=300), run, progress=False)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    other = VAE(ModelConfig(x_dim=64, latent_dim=3, hidden=(12,)))
+    with pytest.raises(aevb.runs.RunError, match="already holds a run; continue it with resume=True"):
+        fit(other, digits.train, digits.test, TrainConfig(samples=200), run, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    model, _ = aevb.load_run(run)  # still the first run, whole
+    assert model.config.latent_dim == 2

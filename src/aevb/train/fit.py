@@ -50,11 +50,14 @@ def _data(train_x, test_x) -> tuple:
 
 
 def _prepare(run_dir, model, train, test, cfg, record, test_indices, resume: bool) -> None:
-    """Create run_dir and, for a new run without one, write its config.json (and the held-out indices)."""
+    """Create run_dir and, for a new run without one, write its config.json (and the held-out indices); refuse a
+    new run in a folder that holds a started one."""
     try:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise runs.RunError(f"cannot write to the output folder {run_dir}: {e.strerror or e}") from None
+    if not resume and any((Path(run_dir) / f).exists() for f in (runs.METRICS, runs.CHECKPOINT, runs.WEIGHTS)):
+        raise runs.RunError(f"{run_dir} already holds a run; continue it with resume=True or choose another run_dir")
     config = Path(run_dir) / runs.CONFIG
     if resume or config.exists() or not hasattr(getattr(model, "config", None), "to_dict"):
         return
@@ -88,6 +91,7 @@ def fit(model, train_x, test_x, cfg: TrainConfig, run_dir=None, *, progress: boo
         test_x: the test data, in the same forms.
         cfg: a TrainConfig.
         run_dir: folder for the run (created with its parents if missing), or None to keep everything in memory.
+            A folder that holds a started run is refused (RunError) unless `resume`.
         progress: show a progress bar (samples/s and the running ELBO).
         resume: continue from run_dir's checkpoint (from the beginning when it has none yet).
         checkpoint_every: seconds between checkpoints during training, besides those at evaluations.

@@ -470,3 +470,31 @@ def test_a_table_with_a_likelihood_of_another_support_is_refused_in_its_own_term
     assert err == (f"aevb: error: --likelihood {likelihood} cannot model a table: aevb standardizes its columns "
                    "(mean 0, standard deviation 1), so the values span the real line; use --likelihood gaussian")
     assert not out.exists()
+
+
+def test_a_run_finds_its_moved_data_through_data_dir_and_checks_its_content(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    text = "a,b\n" + "\n".join(f"{i},{(i * 7) % 11}" for i in range(60)) + "\n"
+    (tmp_path / "a" / "t.csv").write_text(text)
+    out = tmp_path / "run"
+    assert _aevb("train", "--data", tmp_path / "a" / "t.csv", "--samples", 300, "--hidden", 8, "--latent-dim", 2,
+                 "--batch-size", 20, "--out", out, "--no-progress") == 0
+    capsys.readouterr()
+    assert _aevb("eval", out) == 0
+    before = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "t.csv").rename(tmp_path / "b" / "t.csv")
+    assert _aevb("eval", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("t.csv: no such file or folder; if the run's data moved, pass --data-dir with the folder "
+                        "that now holds t.csv") and "\n" not in err
+    assert _aevb("eval", out, "--data-dir", tmp_path / "b") == 0
+    after = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert after["test_elbo"] == before["test_elbo"] and after["n_test"] == before["n_test"]
+    assert _aevb("eval", out, "--data-dir", tmp_path) == 2
+    assert "holds no t.csv (the run was trained on" in capsys.readouterr().err
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "t.csv").write_text(text.replace("59,", "58,"))  # one value changed
+    assert _aevb("eval", out, "--data-dir", tmp_path / "c") == 2
+    assert "has changed since the run was made" in capsys.readouterr().err
+    assert _aevb("train", "--resume", out, "--data-dir", tmp_path / "b", "--no-progress") == 0

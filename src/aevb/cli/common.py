@@ -44,12 +44,32 @@ def load_data(data_cfg: dict, data_dir, run=None, *, progress: bool = True):
     test_indices = None
     if run is not None and (Path(run) / runs.SPLIT).is_file():
         test_indices = runs.read_tensors(Path(run) / runs.SPLIT)["test_indices"].numpy()
+    source, test_source = data_cfg["data"], data_cfg.get("test_data")
+    if run is not None:  # a run's own data: where it was, or where --data-dir says it is now
+        source, test_source = _moved(source, data_dir), _moved(test_source, data_dir)
     size = data_cfg.get("image_size")
-    return open_data(data_cfg["data"], test_data=data_cfg.get("test_data"),
+    return open_data(source, test_data=test_source,
                      test_fraction=data_cfg.get("test_fraction", 0.1), image_size=tuple(size) if size else None,
                      channels=data_cfg.get("channels"), skip_bad=bool(data_cfg.get("skip_bad")),
                      test_indices=test_indices, expect=data_cfg.get("source") if run is not None else None,
                      progress=progress)
+
+
+def _moved(path: str | None, data_dir) -> str | None:
+    """A run's own data source (a file or folder it recorded): the same name in `data_dir` when that is given,
+    else the recorded path, which must still exist (the content is checked against the run's record later)."""
+    if path is None:
+        return None
+    name = Path(path).name
+    if data_dir is not None:
+        moved = Path(data_dir) / name
+        if not moved.exists():
+            raise UsageError(f"--data-dir {data_dir}: holds no {name} (the run was trained on {path})")
+        return str(moved)
+    if not Path(path).exists():
+        raise UsageError(f"{path}: no such file or folder; if the run's data moved, pass --data-dir with the folder "
+                         f"that now holds {name}")
+    return path
 
 
 def run_and_data(run, data_dir, device="cpu"):

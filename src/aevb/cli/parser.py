@@ -104,8 +104,8 @@ def _train_parser(sub) -> None:
                    "several jobs share the cores)")
     t.add_argument("--out", help="run folder to write (default runs/<dataset>-nz<Nz>)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last checkpoint "
-                   "(bit-identical to an uninterrupted run); with it, only --data-dir, --device, --threads and "
-                   "the options below may be given")
+                   "(bit-identical to an uninterrupted run); with it, only --data-dir (for a run on your own data: the "
+                   "folder that now holds its file or folder), --device, --threads and the options below may be given")
     t.add_argument("--checkpoint-every", type=opt.seconds, default=60.0, metavar="SECONDS",
                    help="seconds between checkpoints during training, besides one at each evaluation (default 60; "
                    "0: after every step)")
@@ -143,7 +143,8 @@ def _eval_parser(sub) -> None:
     e.add_argument("--split", choices=("test", "train"), default="test", help="split for --method (default test)")
     e.add_argument("--limit", type=opt.count, help="first N datapoints only (--limit 1000: the paper's protocol)")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--data-dir", help="override the data folder recorded in the run")
+    e.add_argument("--data-dir", help="override the data folder recorded in the run (a run on your own data: the folder that now "
+                   "holds its file or folder)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar (is, ais, hmc; on stderr)")
@@ -204,7 +205,8 @@ def _plot_parser(sub) -> None:
                         "correlations, latent, kl.")
     pl.add_argument("run", help="run folder")
     pl.add_argument("--out", help="folder for the PNGs (default RUN/plots)")
-    pl.add_argument("--data-dir", help="override the data folder recorded in the run")
+    pl.add_argument("--data-dir", help="override the data folder recorded in the run (a run on your own data: the folder that now "
+                   "holds its file or folder)")
     pl.add_argument("--seed", type=int, default=0)
 
 
@@ -221,7 +223,8 @@ def _report_parser(sub) -> None:
     r.add_argument("--include", action="append", default=[], metavar="JSON",
                    help="a JSON file to show as a table (e.g. the output of eval --diagnostics or restore); repeatable")
     r.add_argument("--no-explorer", action="store_true", help="leave out the latent explorer")
-    r.add_argument("--data-dir", help="override the data folder recorded in the run")
+    r.add_argument("--data-dir", help="override the data folder recorded in the run (a run on your own data: the folder that now "
+                   "holds its file or folder)")
     r.add_argument("--seed", type=int, default=0)
 
 
@@ -251,7 +254,8 @@ def _restore_parser(sub) -> None:
                     "for every image, float32 arrays (N, H, W) (160 MB for the MNIST test set)")
     rs.add_argument("--out", help="output folder (default RUN/restore-TASK)")
     rs.add_argument("--seed", type=int, default=0)
-    rs.add_argument("--data-dir", help="override the data folder recorded in the run")
+    rs.add_argument("--data-dir", help="override the data folder recorded in the run (a run on your own data: the folder that now "
+                   "holds its file or folder)")
     rs.add_argument("--device", default="cpu")
 
 

@@ -140,3 +140,38 @@ def test_the_flag_after_grid_may_keep_its_dashes():
     points = plan(build_parser().parse_args(_grid_flags_undashed(dashed)))
     assert [p.argv for p in points] == [["--lr", "0.1", "--seed", "1", "--hidden", "16"],
                                         ["--lr", "0.1", "--seed", "2", "--hidden", "16"]]
+
+
+def _wait_for(condition, timeout=120.0):
+    import time
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_an_interrupted_sweep_stops_its_runs_and_the_same_command_continues_them(tmp_path, signal_name):
+    import signal
+    import time
+
+    from killing import aevb
+
+    out = tmp_path / "grid"
+    argv = ["sweep", "--out", out, "--jobs", "2", "--grid", "seed", "1", "2", "3", "--dataset", "digits",
+            "--samples", "5e7", "--hidden", "8", "--latent-dim", "2", "--no-progress"]
+    first = aevb(*argv)
+    started = [out / "seed-1" / runs.METRICS, out / "seed-2" / runs.METRICS]
+    _wait_for(lambda: all(p.exists() and p.read_text() for p in started))
+    first.send_signal(getattr(signal, signal_name))  # the sweep alone, not its process group
+    assert first.wait(timeout=60) == 130
+    assert "aevb sweep: interrupted; the runs stopped at their last checkpoints" in first.stdout.read()
+    assert not (out / "seed-3").exists()  # queued, never started
+    sizes = {p: p.stat().st_size for p in out.glob("seed-*/*")}
+    time.sleep(1.5)
+    assert {p: p.stat().st_size for p in out.glob("seed-*/*")} == sizes  # no run is left writing
+    second = aevb(*argv)
+    logs = [out / "logs" / "seed-1.log", out / "logs" / "seed-2.log"]
+    _wait_for(lambda: all(p.exists() and "aevb: resuming" in p.read_text() for p in logs))
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=60) == 130

@@ -1,58 +1,30 @@
 """`aevb sweep`: one `aevb train` run per point of a grid of flags, several at once, and a summary table.
 
-Every point is checked before anything is created: its flags go through train's own parser and settings checks
-(`train._settings`, `train._data_settings`), so an unknown flag or a bad value in any point is a one-line error.
-Each run is an `aevb train` process with one thread (`--threads 1`, OMP_NUM_THREADS=1) writing its own run
+Every point is checked before anything is created (grid.py). Each run is an `aevb train` process with one thread (`--threads 1`, OMP_NUM_THREADS=1) writing its own run
 folder, so a failing or crashing run cannot stop the others and the folders are exactly those of `aevb train`. On a
 CPU, single-threaded processes side by side beat one process with every core for these small matrices
-(benchmarks/reproduce_jobs.py, benchmarks/sweep_speed.py).
+(benchmarks/reproduce_jobs.py, benchmarks/sweep_speed.py). Interrupted (Ctrl-C or SIGTERM), a sweep stops its
+runs at their last checkpoints; the same command again continues them.
 """
 from __future__ import annotations
 
 import csv
 import io
-import itertools
 import os
-import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 from .. import runs
-from ..models import ModelConfig
 from ..train import TrainConfig
-from .common import Parser, UsageError, check_positive
-from .parser import given_options, run_flags, train_parser
-from .train import _data_settings, _settings
+from .common import UsageError, check_positive
+from .grid import Point, plan
 
-# Flags the sweep sets for every run itself, or that do not define a run: not allowed in --grid.
-OWN = {"out", "resume", "threads", "no_progress", "device", "checkpoint_every", "max_nonfinite", "dist_timeout",
-       "help"}
-SWITCH_VALUES = {"true": True, "false": False}
-
-
-class _Strict(Parser):
-    """train's parser with errors raised as UsageError, so that the sweep can name the grid point."""
-
-    def error(self, message):
-        raise UsageError(" ".join(message.split()))
-
-
-@dataclass
-class Point:
-    name: str
-    varied: dict  # flag (without dashes) -> the value as given
-    argv: list  # aevb train's arguments for a new run
-    path: Path
-    status: str = "pending"  # pending, running, done, skipped, failed
-    error: str = ""
-    start_samples: int = 0
-    record: dict = field(default_factory=dict)  # the last metrics.jsonl record
+__all__ = ["Point", "cmd_sweep", "plan", "run_points", "summary_rows", "usable_cores"]
 
 
 def usable_cores() -> int:
@@ -74,7 +46,17 @@ def cmd_sweep(args) -> int:
     progress = not args.no_progress
     print(f"aevb sweep: {len(points)} runs into {out}, {min(jobs, len(points))} at a time", file=sys.stderr)
     start = time.perf_counter()
-    trained = run_points(points, out, jobs, progress, getattr(args, "data_dir", None))
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        trained = run_points(points, out, jobs, progress, getattr(args, "data_dir", None))
+    except KeyboardInterrupt:
+        print("aevb sweep: interrupted; the runs stopped at their last checkpoints. Run the same command again to "
+              "continue them", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     wall = time.perf_counter() - start
     rows = summary_rows(points)
     runs.write_text(out / "summary.csv", _csv(rows))
@@ -84,124 +66,6 @@ def cmd_sweep(args) -> int:
           f"{wall:.1f} s ({trained / max(wall, 1e-9):,.0f} datapoints/s over all runs); summary in "
           f"{out / 'summary.csv'}", file=sys.stderr)
     return 1 if failed else 0
-
-
-# -- the grid -------------------------------------------------------------------------------------------------
-
-def _strict_train_parser() -> Parser:
-    p = _Strict(prog="aevb")
-    train_parser(p.add_subparsers(dest="command"))
-    return p
-
-
-def _train_actions(parser) -> dict:
-    sub = next(a for a in parser._actions if a.dest == "command")
-    return sub.choices["train"]._option_string_actions
-
-
-def _grid(args, actions) -> list[tuple[str, list[str]]]:
-    """[(flag, values)] of --grid, each flag a train flag that defines a run, each given once."""
-    grid = []
-    for entry in args.grid:
-        flag, values = entry[0].lstrip("-"), entry[1:]
-        if "=" in flag:
-            raise UsageError(f"--grid {entry[0]}: write the flag and its values as words, e.g. --grid latent-dim 2 5")
-        action = actions.get(f"--{flag}")
-        if action is None or action.dest in OWN:
-            raise UsageError(f"--grid {flag}: not a flag of aevb train that defines a run")
-        if not values:
-            raise UsageError(f"--grid {flag}: give at least one value")
-        if any(f == flag for f, _ in grid):
-            raise UsageError(f"--grid {flag}: given twice; list all its values in one --grid")
-        if action.nargs == 0 and not set(values) <= set(SWITCH_VALUES):
-            raise UsageError(f"--grid {flag}: a switch takes the values true and false")
-        if getattr(args, action.dest, None) not in (None, False):
-            raise UsageError(f"--{flag} is given both as a fixed flag and in --grid")
-        grid.append((flag, list(dict.fromkeys(values))))
-    return grid
-
-
-def _texts(value) -> list[str]:
-    """Ways to write a parsed flag value back as a word (a tuple: 512,512 or 28x28)."""
-    if isinstance(value, (tuple, list)):
-        words = [_texts(v)[0] for v in value]
-        return [",".join(words), "x".join(words)]
-    return [repr(value) if isinstance(value, float) else str(value)]
-
-
-def _fixed_argv(args, parser, actions) -> list[str]:
-    """The run-defining flags given to the sweep, as arguments for aevb train, each checked to parse back the same."""
-    by_dest = {a.dest: (opt, a) for opt, a in actions.items() if opt.startswith("--")}
-    argv = []
-    for dest in [*run_flags(), "data_dir"]:
-        value = getattr(args, dest, None)
-        if dest in OWN or value in (None, False):
-            continue
-        opt, action = by_dest[dest]
-        if action.nargs == 0:
-            argv.append(opt)
-            continue
-        for word in _texts(value):
-            try:
-                if getattr(parser.parse_args(["train", opt, word]), dest) == value:
-                    argv += [opt, word]
-                    break
-            except UsageError:
-                pass
-        else:
-            raise UsageError(f"{opt}: its value cannot be passed on to the runs as parsed; put it in --grid with "
-                             "the one value")
-    return argv
-
-
-def _name(varied: dict) -> str:
-    return "_".join(re.sub(r"[^A-Za-z0-9.,+=-]", "-", f"{flag}-{value}") for flag, value in varied.items())
-
-
-def plan(args) -> list[Point]:
-    """Every point of the grid with its run folder and train arguments; a UsageError for the first bad one."""
-    parser = _strict_train_parser()
-    actions = _train_actions(parser)
-    grid = _grid(args, actions)
-    fixed = _fixed_argv(args, parser, actions)
-    out, points, names = Path(args.out), [], set()
-    for combo in itertools.product(*(values for _, values in grid)):
-        varied = dict(zip((flag for flag, _ in grid), combo))
-        name = _name(varied)
-        if name in names:
-            raise UsageError(f"--grid: two points would share the run folder {name}")
-        names.add(name)
-        argv = list(fixed)
-        for flag, value in varied.items():
-            if actions[f"--{flag}"].nargs == 0:
-                argv += [f"--{flag}"] if SWITCH_VALUES[value] else []
-            else:
-                argv += [f"--{flag}", value]
-        _check_point(parser, argv, name)
-        points.append(Point(name, varied, argv, out / name))
-    return points
-
-
-def _check_point(parser, argv, name) -> None:
-    try:
-        ns = parser.parse_args(["train", *argv])
-        if ns.data_dir is not None and not Path(ns.data_dir).is_dir():
-            raise UsageError(f"--data-dir {ns.data_dir}: no such folder")
-        settings = _settings(ns, SimpleNamespace(size=1))
-        _data_settings(settings, given_options(ns), ns)
-        _check_model(settings["model"])
-    except (UsageError, ValueError, TypeError) as e:
-        raise UsageError(f"grid point {name}: {' '.join(str(e).split())}") from None
-
-
-def _check_model(model: dict) -> None:
-    """The model options' own checks, on a stand-in 28x28 image (the data's shape is known only once it is read,
-    in the run; a check that depends on it is left to the run)."""
-    try:
-        ModelConfig(x_dim=784, image_shape=(28, 28), **model)
-    except ValueError as e:
-        if not any(word in str(e) for word in ("image_shape", "x_dim", "image shape")):
-            raise
 
 
 # -- running --------------------------------------------------------------------------------------------------
@@ -243,18 +107,55 @@ def _error_line(log: Path, rc: int) -> str:
     return f"exit status {rc}" + (f": {lines[-1]}" if lines else "")
 
 
-def _run_one(point: Point, out: Path, data_dir) -> None:
+def _interrupt(signum, frame):
+    """SIGTERM to a sweep stops it as Ctrl-C does: its runs are stopped too, at their last checkpoints."""
+    raise KeyboardInterrupt
+
+
+class _Children:
+    """The training processes a sweep has running: once it is interrupted, none starts and each gets SIGINT, which
+    ends an `aevb train` at its last checkpoint (the sweep's next call resumes it)."""
+
+    def __init__(self):
+        self.lock, self.procs, self.stopping = threading.Lock(), set(), False
+
+    def start(self, cmd: list[str], **kw) -> subprocess.Popen | None:
+        with self.lock:
+            if self.stopping:
+                return None
+            proc = subprocess.Popen(cmd, **kw)
+            self.procs.add(proc)
+            return proc
+
+    def ended(self, proc: subprocess.Popen) -> None:
+        with self.lock:
+            self.procs.discard(proc)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            for proc in self.procs:
+                proc.send_signal(signal.SIGINT)
+
+
+def _run_one(point: Point, out: Path, data_dir, children: _Children) -> None:
     argv = _command(point, data_dir)
     if argv is None:
         point.status, point.record = "skipped", _last_record(point.path)
         return
-    point.start_samples = _last_record(point.path).get("samples_seen", 0) if "--resume" in argv else 0
-    point.status = "running"
+    start_samples = _last_record(point.path).get("samples_seen", 0) if "--resume" in argv else 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log = out / "logs" / f"{point.name}.log"
     with open(log, "w") as f:
-        rc = subprocess.run([sys.executable, "-m", "aevb", "train", *argv, "--threads", "1", "--no-progress"],
-                            stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        proc = children.start([sys.executable, "-m", "aevb", "train", *argv, "--threads", "1", "--no-progress"],
+                              stdout=f, stderr=subprocess.STDOUT, env=env)
+        if proc is None:  # the sweep was interrupted before this run began
+            return
+        point.start_samples, point.status = start_samples, "running"
+        try:
+            rc = proc.wait()
+        finally:
+            children.ended(proc)
     point.record = _last_record(point.path)
     if rc == 0:
         point.status = "done"
@@ -278,16 +179,21 @@ def _cost(point: Point) -> float:
 
 def run_points(points: list[Point], out: Path, jobs: int, progress: bool, data_dir=None) -> int:
     """Run the points `jobs` at a time; report each end on stderr. Returns the datapoints trained here."""
-    display = _Display(points, progress)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(_run_one, p, out, data_dir): p for p in sorted(points, key=lambda p: -_cost(p))}
+    display, children = _Display(points, progress), _Children()
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        futures = {pool.submit(_run_one, p, out, data_dir, children): p
+                   for p in sorted(points, key=lambda p: -_cost(p))}
         display.start()
-        try:
-            for future in as_completed(futures):
-                future.result()
-                display.ended(futures[future])
-        finally:
-            display.stop()
+        for future in as_completed(futures):
+            future.result()
+            display.ended(futures[future])
+    except BaseException:
+        children.stop()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # waits for the runs that were stopped to end
+        display.stop()
     return sum(max(0, p.record.get("samples_seen", 0) - p.start_samples) for p in points
                if p.status in ("done", "failed"))
 

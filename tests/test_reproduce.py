@@ -185,3 +185,38 @@ def test_cli_fig5_and_bad_input(tmp_path, shared_data, capsys):
     with pytest.raises(SystemExit) as e:
         main(["reproduce", "fig5", "--latent-dims", "two", "--out", str(tmp_path / "z")])
     assert e.value.code == 2
+
+
+def _children(pid: int) -> set[int]:
+    """The live child processes of `pid` (Linux /proc)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_sigterm_ends_a_reproduction_and_its_workers(shared_data, tmp_path):
+    import signal
+    import time
+
+    from killing import aevb
+
+    proc = aevb("reproduce", "fig5", "--samples", "1e8", "--jobs", "2", "--data-dir", shared_data,
+                "--out", tmp_path / "fig5", "--no-progress")
+    end = time.monotonic() + 120
+    while len(workers := _children(proc.pid) - {proc.pid}) < 2:
+        assert proc.poll() is None and time.monotonic() < end, proc.stdout.read() if proc.poll() is not None else ""
+        time.sleep(0.2)
+    time.sleep(2)  # the workers are training
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert "aevb: interrupted" in proc.stdout.read()
+    end = time.monotonic() + 30
+    while any(Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2]
+              for w in workers if Path(f"/proc/{w}/stat").exists()):
+        assert time.monotonic() < end, "worker processes left running"
+        time.sleep(0.2)

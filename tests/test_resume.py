@@ -232,3 +232,25 @@ def test_a_run_that_is_training_is_not_resumed_a_second_time(tmp_path, capsys):
                 resume=True)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing written, nothing removed
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # the lock ends with its holder
+
+
+def test_sigterm_ends_training_as_ctrl_c_does_and_the_run_resumes(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = aevb("train", "--dataset", "digits", "--samples", "5e7", "--hidden", "8", "--latent-dim", "2",
+                "--out", run, "--no-progress")
+    end = time.monotonic() + 120
+    while not ((run / runs.METRICS).exists() and (run / runs.METRICS).read_text()):
+        assert proc.poll() is None and time.monotonic() < end
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert proc.stdout.read().strip().endswith(
+        "aevb: interrupted (the last checkpoint is intact; continue with --resume)")
+    again = aevb("train", "--resume", run, "--no-progress")
+    line = again.stdout.readline()
+    again.send_signal(signal.SIGTERM)
+    again.wait(timeout=60)
+    assert line.startswith(f"aevb: resuming {run} at step") and " of 50,000,000 datapoints)" in line

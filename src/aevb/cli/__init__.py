@@ -7,7 +7,9 @@ subcommands holds their `cmd_*` functions.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .. import distributed, runs
@@ -32,8 +34,24 @@ def main(argv=None) -> int:
     return distributed.end_process(_run(argv))
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _run(argv) -> int:
     args = build_parser().parse_args(_grid_flags_undashed(sys.argv[1:] if argv is None else list(argv)))
+    # SIGTERM (a job scheduler, `kill`) ends a command as Ctrl-C does: a run at its last checkpoint, a sweep or a
+    # reproduction with the processes it started
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    try:
+        return _command(args)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _command(args) -> int:
     try:
         data_dir = getattr(args, "data_dir", None)
         if data_dir is not None and not Path(data_dir).is_dir():
@@ -52,7 +70,8 @@ def _run(argv) -> int:
               "--limit or --batch-size", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{_who()}: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
+        what = " (the last checkpoint is intact; continue with --resume)" if args.command == "train" else ""
+        print(f"{_who()}: interrupted{what}", file=sys.stderr)
         return 130
 
 

@@ -46,17 +46,12 @@ def cmd_sweep(args) -> int:
     progress = not args.no_progress
     print(f"aevb sweep: {len(points)} runs into {out}, {min(jobs, len(points))} at a time", file=sys.stderr)
     start = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
-        else None
     try:
         trained = run_points(points, out, jobs, progress, getattr(args, "data_dir", None))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the command line turns it into this)
         print("aevb sweep: interrupted; the runs stopped at their last checkpoints. Run the same command again to "
               "continue them", file=sys.stderr)
         return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     wall = time.perf_counter() - start
     rows = summary_rows(points)
     runs.write_text(out / "summary.csv", _csv(rows))
@@ -105,11 +100,6 @@ def _error_line(log: Path, rc: int) -> str:
     if errors:
         return errors[-1][len("aevb: error:"):].strip()
     return f"exit status {rc}" + (f": {lines[-1]}" if lines else "")
-
-
-def _interrupt(signum, frame):
-    """SIGTERM to a sweep stops it as Ctrl-C does: its runs are stopped too, at their last checkpoints."""
-    raise KeyboardInterrupt
 
 
 class _Children:

@@ -116,13 +116,19 @@ def run_tasks(tasks: list[tuple[str, float, object, dict]], *, jobs: int = 1, th
         return results
     order = sorted(range(len(tasks)), key=lambda i: -tasks[i][1])
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,))
+    try:
         futures = {pool.submit(tasks[i][2], **tasks[i][3]): i for i in order}
         for done, future in enumerate(as_completed(futures), 1):
             i = futures[future]
             results[i] = future.result()
             _log(f"done {tasks[i][0]} ({done}/{len(tasks)}, {time.perf_counter() - start:.0f} s)", quiet)
+    except BaseException:  # interrupted, or a task failed: the workers' trainings (in memory only) end with it
+        for proc in list(pool._processes.values()):  # no public way to stop a ProcessPoolExecutor's workers
+            proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return results
 
 

@@ -103,8 +103,9 @@ def _error_line(log: Path, rc: int) -> str:
 
 
 class _Children:
-    """The training processes a sweep has running: once it is interrupted, none starts and each gets SIGINT, which
-    ends an `aevb train` at its last checkpoint (the sweep's next call resumes it)."""
+    """The training processes a sweep has running: once it is interrupted, none starts and each gets SIGTERM, which
+    ends an `aevb train` at its last checkpoint as Ctrl-C does (the sweep's next call resumes it). Not SIGINT: a
+    process started in the background by a shell ignores it."""
 
     def __init__(self):
         self.lock, self.procs, self.stopping = threading.Lock(), set(), False
@@ -125,7 +126,7 @@ class _Children:
         with self.lock:
             self.stopping = True
             for proc in self.procs:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGTERM)
 
 
 def _run_one(point: Point, out: Path, data_dir, children: _Children) -> None:

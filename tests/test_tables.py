@@ -145,3 +145,13 @@ def test_interpolations_of_a_small_test_set(tmp_path, n_test, rows):
     ds.test, ds.test_labels = ds.test[:n_test], ds.test_labels[:n_test]
     grid = run_figures(model, config, ds, [])["interpolations"][1]
     assert grid.shape == (rows * 5 + 1, 12 * 5 + 1)  # rows of 12 4-pixel images, 1-pixel padding
+
+
+def test_pictures_of_a_test_split_of_one_datapoint_name_the_split():
+    model = _known_decoder(3, [0.0] * 3, [0.0] * 3)
+    ds = types.SimpleNamespace(train=torch.randn(50, 3), test=torch.randn(1, 3), test_labels=None, class_names=None)
+    message = r"the test split holds 1 datapoint\(s\) and the pictures of the latent space need at least 2"
+    with pytest.raises(ValueError, match=message):
+        table_figures(model, TABLE_CONFIG, ds, [])
+    with pytest.raises(ValueError, match=message):
+        run_figures(model, {"data": {"image_shape": [1, 3]}}, ds, [])

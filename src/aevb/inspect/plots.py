@@ -299,6 +299,14 @@ def learning_curves_figure(metrics: list[dict]):
     return fig
 
 
+def check_test_split(x):
+    """The test split, which the pictures of the latent space need at least two datapoints of (a ValueError)."""
+    if x.shape[0] < 2:
+        raise ValueError(f"the test split holds {x.shape[0]} datapoint(s) and the pictures of the latent space need "
+                         "at least 2: hold out more (--test-fraction, --test-data)")
+    return x
+
+
 def top_dims(variance: np.ndarray, k: int) -> list[int]:
     """The k dimensions whose posterior means vary most over the data (the most active units)."""
     return [int(j) for j in np.argsort(-variance)[:k]]
@@ -319,7 +327,7 @@ def run_figures(model, config: dict, ds, metrics: list[dict], *, n_latent: int =
     shape = check_image(config["data"].get("image_shape"))
     dz = model.config.latent_dim
     device = _device(model)
-    x = ds.test.to(device)
+    x = check_test_split(ds.test).to(device)
     means_all = posterior_means(model, x)
     var, _ = active_units(means_all, threshold)
     var = var.cpu().numpy()

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .diagnostics import active_units, kl_per_dim, posterior_means
-from .plots import LABEL_COLORS, class_names, kl_figure, latent_figure, learning_curves_figure
+from .plots import LABEL_COLORS, check_test_split, class_names, kl_figure, latent_figure, learning_curves_figure
 
 MAX_COLUMNS = 16  # columns drawn in the column picture (the first ones); the correlations show them all
 
@@ -110,7 +110,7 @@ def table_figures(model, config: dict, ds, metrics: list[dict], *, n_draws: int 
     compare the first `n_rows` training rows with `n_draws` draws x ~ p(x|z), z ~ p(z) (torch's generator seeded
     with `seed`, restored afterwards); the latent space and KL use the test split."""
     device = next(model.parameters()).device
-    x = ds.test.to(device)
+    x = check_test_split(ds.test).to(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         draws = source_units(model.sample(n_draws, mean=False), config)

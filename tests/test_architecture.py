@@ -33,7 +33,7 @@ PACKAGE = ROOT / "src" / "aevb"
 # "" is the facade, aevb/__init__.py and aevb/__main__.py: it may import anything and nothing in the package
 # imports it. options.py and version.py are layer 0 in docs/architecture.md.
 LAYERS = {
-    "runs": 0, "distributed": 0, "options": 0, "version": 0,
+    "runs": 0, "distributed": 0, "options": 0, "version": 0, "bars": 0,
     "data": 1, "distributions": 1, "likelihoods": 1, "discretized": 1, "nets": 1, "optim": 1,
     "models": 2,
     "estimators": 3,

@@ -282,7 +282,7 @@ def _shape(listing: Listing, headers: list, image_size, channels, skip_bad) -> t
 
 
 def _build_cache(listing, folder, image_size, channels, skip_bad, workers, progress) -> None:
-    from tqdm import tqdm
+    from ..bars import bar as progress_bar
 
     paths = [str(listing.root / rel) for rel in listing.files]
     n = len(paths)
@@ -290,7 +290,8 @@ def _build_cache(listing, folder, image_size, channels, skip_bad, workers, progr
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     try:
         pool = _pool(workers, n)
-        bar = tqdm(total=2 * n, desc=f"aevb: decoding {n:,} images", unit="img", disable=not progress, leave=False)
+        bar = progress_bar(total=2 * n, desc=f"aevb: decoding {n:,} images", unit="img", disable=not progress,
+                           leave=False)
         try:
             chunks = [paths[i:i + _CHUNK] for i in range(0, n, _CHUNK)]
             headers = _map(pool, _probe, chunks, bar)

@@ -5,7 +5,7 @@ import math
 from functools import partial
 
 import torch
-from tqdm.auto import tqdm
+from ..bars import bar as progress_bar
 
 from .common import _check_positive, _chunk_size, _evaluating, _log_likelihood, _summary
 from .mlp_likelihood import mlp_log_likelihood
@@ -51,7 +51,7 @@ def importance_sampling(model, x: torch.Tensor, *, num_samples: int = 5000, chun
         log_lik = torch.compile(log_lik, dynamic=True)
     else:
         log_lik = mlp_log_likelihood(model) or log_lik
-    with _evaluating(model, seed, x.device), tqdm(total=x.shape[0], disable=not progress, desc="IS",
+    with _evaluating(model, seed, x.device), progress_bar(total=x.shape[0], disable=not progress, desc="IS",
                                                    bar_format=BAR_FORMAT) as bar:
         done = 0
         for xb in x.split(batch_size):

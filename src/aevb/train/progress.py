@@ -5,22 +5,25 @@ import math
 import time
 
 import torch
-from tqdm.auto import tqdm
+
+from ..bars import LOG_INTERVAL, bar as progress_bar, interactive
 
 
 class Progress:
-    """A tqdm bar over datapoints that reads the running ELBO from the device only a few times per second."""
+    """A tqdm bar over datapoints that reads the running ELBO from the device only twice a second (every 30 s in a
+    log: stderr not a terminal)."""
 
     def __init__(self, total: int, initial: int, enabled: bool):
-        self.bar = tqdm(total=total, initial=initial, unit="x", unit_scale=True, disable=not enabled,
-                        dynamic_ncols=True, desc="train")
+        self.bar = progress_bar(total=total, initial=initial, unit="x", unit_scale=True, disable=not enabled,
+                                dynamic_ncols=True, desc="train")
         self.pending, self.last, self.prev_sum, self.prev_step = 0, time.perf_counter(), 0.0, 0
         self.enabled = enabled
+        self.every = 0.5 if interactive() else LOG_INTERVAL  # seconds between reads of the running ELBO
 
     def tick(self, n: int, running: torch.Tensor, step: int) -> None:
         self.pending += n
         now = time.perf_counter()
-        if not self.enabled or now - self.last < 0.5:
+        if not self.enabled or now - self.last < self.every:
             return
         total = float(running)  # one host sync per refresh, not per step
         seen = self.pending

@@ -135,6 +135,7 @@ def test_plot_and_report_draw_a_table(tmp_path, monkeypatch, capsys, command):
             assert f"id='fig-{name}'" in page
         assert "these data are not images" in page and "aevb-explorer-data" not in page
         assert "<td>test rows</td><td>30</td>" in page
+        assert "handmade, aevb&#x27;s defaults and flags (no preset), created" in page and "preset None" not in page
 
 
 @pytest.mark.parametrize("n_test, rows", [(30, 8), (5, 2), (3, 1)])

@@ -176,6 +176,11 @@ img { max-width: 100%; } img.grid { image-rendering: pixelated; }
 """
 
 
+def _preset_name(preset) -> str:
+    """'preset NAME', or what a run without one was trained with."""
+    return f"preset {preset}" if preset else "aevb's defaults and flags (no preset)"
+
+
 def _data_name(data: dict) -> str:
     """The built-in data set's name, or the path of your own data (`--data`)."""
     return str(data.get("dataset") or data.get("data") or "?")
@@ -203,8 +208,8 @@ def build_report(run_dir, ds, *, dims=None, points: int = 1000, include: dict[st
     x_test = ds.test
     summary, layer_table = _latent_summary(model, x_test, seed, "test images" if shape else "test rows")
     parts = [f"<h1>aevb run: {html.escape(str(run_dir))}</h1>",
-             f"<p class='small'>{html.escape(_data_name(config.get('data', {})))}, preset "
-             f"{html.escape(str(config.get('preset')))}, created {html.escape(str(config.get('created')))}; "
+             f"<p class='small'>{html.escape(_data_name(config.get('data', {})))}, "
+             f"{html.escape(_preset_name(config.get('preset')))}, created {html.escape(str(config.get('created')))}; "
              f"report by aevb {__version__} at {time.strftime('%Y-%m-%d %H:%M:%S')}.</p>"]
     parts.append("<h2>Metrics</h2>")
     if metrics:

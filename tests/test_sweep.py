@@ -131,13 +131,14 @@ def test_fixed_flags_reach_every_run_as_written(tmp_path):
 
 
 def test_the_flag_after_grid_may_keep_its_dashes():
-    from aevb.cli import _grid_flags_undashed, build_parser
+    from aevb.cli import build_parser
+    from aevb.cli.grid import undash_grid_flags
     from aevb.cli.sweep import plan
     dashed = ["sweep", "--out", "o", "--grid", "--seed", "1", "2", "--grid", "hidden", "16", "--lr", "0.1"]
-    assert _grid_flags_undashed(dashed) == ["sweep", "--out", "o", "--grid", "seed", "1", "2", "--grid", "hidden",
+    assert undash_grid_flags(dashed) == ["sweep", "--out", "o", "--grid", "seed", "1", "2", "--grid", "hidden",
                                             "16", "--lr", "0.1"]
-    assert _grid_flags_undashed(["train", "--grid", "--seed"]) == ["train", "--grid", "--seed"]  # sweep only
-    points = plan(build_parser().parse_args(_grid_flags_undashed(dashed)))
+    assert undash_grid_flags(["train", "--grid", "--seed"]) == ["train", "--grid", "--seed"]  # sweep only
+    points = plan(build_parser().parse_args(undash_grid_flags(dashed)))
     assert [p.argv for p in points] == [["--lr", "0.1", "--seed", "1", "--hidden", "16"],
                                         ["--lr", "0.1", "--seed", "2", "--hidden", "16"]]
 

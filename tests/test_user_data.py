@@ -387,9 +387,9 @@ def test_a_table_run_samples_in_the_columns_own_units(tmp_path, capsys):
     from aevb.cli.evaluate import _write_table
 
     model, config = load_run(out)
-    _write_table(tmp_path / "a.csv", model, config["data"]["source"], 7, seed=0, chunk=10)
-    _write_table(tmp_path / "b.csv", model, config["data"]["source"], 7, seed=0, chunk=10)
-    _write_table(tmp_path / "c.csv", model, config["data"]["source"], 7, seed=0, chunk=3)
+    _write_table(tmp_path / "a.csv", model, config, 7, seed=0, chunk=10)
+    _write_table(tmp_path / "b.csv", model, config, 7, seed=0, chunk=10)
+    _write_table(tmp_path / "c.csv", model, config, 7, seed=0, chunk=3)
     a, c = (tmp_path / "a.csv").read_text().splitlines(), (tmp_path / "c.csv").read_text().splitlines()
     assert (tmp_path / "b.csv").read_text().splitlines() == a and a[0] == c[0] == "price,temp"
     assert len(a) == len(c) == 8 and len(set(c[1:])) == 7  # 3 + 3 + 1 rows, no chunk repeated

@@ -34,7 +34,8 @@ def mlp(in_dim: int, hidden: tuple[int, ...], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-INPLACE = ("tanh", "relu", "elu")  # the activations of the hand-written paths (train/fused.py, marginal/mlp_likelihood.py)
+# the activations of the hand-written paths (train/fused.py, marginal/mlp_likelihood.py)
+INPLACE = ("tanh", "relu", "elu")
 
 
 def inplace_activation(name: str, like: torch.Tensor):

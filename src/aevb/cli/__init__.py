@@ -16,6 +16,7 @@ from .. import distributed, runs
 from ..data import DataError
 from .common import UsageError
 from .evaluate import cmd_eval, cmd_sample
+from .grid import undash_grid_flags
 from .inspecting import cmd_plot, cmd_report, cmd_restore
 from .paper import cmd_reproduce
 from .parser import build_parser
@@ -39,7 +40,7 @@ def _interrupt(signum, frame):
 
 
 def _run(argv) -> int:
-    args = build_parser().parse_args(_grid_flags_undashed(sys.argv[1:] if argv is None else list(argv)))
+    args = build_parser().parse_args(undash_grid_flags(sys.argv[1:] if argv is None else list(argv)))
     # SIGTERM (a job scheduler, `kill`) ends a command as Ctrl-C does: a run at its last checkpoint, a sweep or a
     # reproduction with the processes it started
     main_thread = threading.current_thread() is threading.main_thread()
@@ -81,15 +82,6 @@ def _out_of_memory(e: BaseException) -> bool:
 
     return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
         isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e).lower()))
-
-
-def _grid_flags_undashed(argv: list[str]) -> list[str]:
-    """`aevb sweep --grid --latent-dim 2 5` read as `--grid latent-dim 2 5`: the flag after --grid may keep its
-    dashes (argparse would take it for an option of its own and leave --grid empty)."""
-    if not argv or argv[0] != "sweep":
-        return argv
-    return [a[2:] if i and argv[i - 1] == "--grid" and a.startswith("--") and len(a) > 2 else a
-            for i, a in enumerate(argv)]
 
 
 def _who() -> str:

@@ -14,6 +14,7 @@ from ..data import binarize_static
 from ..estimators import evaluate, resolve_estimator
 from ..inspect.diagnostics import diagnose
 from ..inspect.plots import sample_grid, save_image
+from ..inspect.tables import column_names, source_units
 from ..load import load_run
 from ..marginal import ais, log_likelihood
 from ..marginal.hmc import check_precision
@@ -148,7 +149,7 @@ def cmd_sample(args) -> int:
     scaler = (config["data"].get("source") or {}).get("scaler")
     if scaler is not None:  # a table: draws x ~ p(x|z) in the original units, as CSV
         out = Path(args.out or Path(args.run) / "samples.csv")
-        _write_table(out, model, config["data"]["source"], args.n, args.seed)
+        _write_table(out, model, config, args.n, args.seed)
         print(out)
         return 0
     shape = require_images(config, args.run)  # grey or RGB; a run on tabular data has none
@@ -161,18 +162,15 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def _write_table(out: Path, model, source: dict, n: int, seed: int, chunk: int = 10_000) -> None:
-    """n draws x ~ p(x|z), z ~ p(z), with the training rows' standardization undone, as CSV with the column names;
-    drawn and written `chunk` rows at a time, so memory stays bounded for any n."""
-    std = torch.tensor(source["scaler"]["std"], dtype=torch.float64)
-    mean = torch.tensor(source["scaler"]["mean"], dtype=torch.float64)
-
+def _write_table(out: Path, model, config: dict, n: int, seed: int, chunk: int = 10_000) -> None:
+    """n draws x ~ p(x|z), z ~ p(z) of a run on a table, in the columns' own units (`tables.source_units`), as CSV
+    with the column names; drawn and written `chunk` rows at a time, so memory stays bounded for any n."""
     def lines():
-        yield ",".join(source.get("columns") or [f"column {j + 1}" for j in range(len(std))])
+        yield ",".join(column_names(config, config["data"]["x_dim"]))
         torch.manual_seed(seed)
         for start in range(0, n, chunk):
             with torch.no_grad():
-                x = model.sample(min(chunk, n - start), mean=False).double().cpu() * std + mean
+                x = source_units(model.sample(min(chunk, n - start), mean=False), config)
             yield from (",".join(f"{v:.9g}" for v in row) for row in x.tolist())
 
     runs.write_lines(out, lines())

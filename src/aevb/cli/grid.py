@@ -41,6 +41,15 @@ class Point:
     record: dict = field(default_factory=dict)  # the last metrics.jsonl record
 
 
+def undash_grid_flags(argv: list[str]) -> list[str]:
+    """`aevb sweep --grid --latent-dim 2 5` read as `--grid latent-dim 2 5`: the flag after --grid may keep its
+    dashes (argparse would take it for an option of its own and leave --grid empty)."""
+    if not argv or argv[0] != "sweep":
+        return argv
+    return [a[2:] if i and argv[i - 1] == "--grid" and a.startswith("--") and len(a) > 2 else a
+            for i, a in enumerate(argv)]
+
+
 def _strict_train_parser() -> Parser:
     p = _Strict(prog="aevb")
     train_parser(p.add_subparsers(dest="command"))

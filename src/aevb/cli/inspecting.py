@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from .. import runs
-from ..inspect.plots import check_image, display_scale, png_bytes, run_figures, write_figures
+from ..inspect.plots import check_image, png_bytes, write_figures
 from ..inspect.report import write_report
-from ..inspect.tables import table_figures
+from ..inspect.tables import run_pictures
 from ..inspect.restore import (MASKS, comparison_figure, low_shape, make_mask, read_images, run_task, spread_mask,
                                summarize)
 from .common import UsageError, check_positive, device as get_device, run_and_data
@@ -24,12 +24,9 @@ def require_images(config: dict, run) -> tuple[int, ...]:
 
 def cmd_plot(args) -> int:
     model, config, ds = run_and_data(args.run, args.data_dir)
-    metrics = runs.read_metrics(args.run)
-    if config.get("data", {}).get("image_shape") is None:  # a table: its columns, correlations, latent space
-        figures, scale = table_figures(model, config, ds, metrics, seed=args.seed), 1
-    else:
-        scale = display_scale(require_images(config, args.run))
-        figures = run_figures(model, config, ds, metrics, seed=args.seed)
+    if config.get("data", {}).get("image_shape") is not None:
+        require_images(config, args.run)  # a shape aevb cannot draw, named with the run
+    figures, scale = run_pictures(model, config, ds, runs.read_metrics(args.run), seed=args.seed)
     for path in write_figures(figures, Path(args.out or Path(args.run) / "plots"), scale):
         print(path)
     return 0

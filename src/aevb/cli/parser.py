@@ -17,6 +17,9 @@ from .common import Parser
 
 # The sections of a run's settings and the dataclasses that declare their options, in the order of --help.
 SECTIONS = (("data", DataOptions), ("model", ModelConfig), ("train", TrainConfig))
+# --data-dir of the commands that read a run folder
+RUN_DATA_DIR_HELP = ("override the data folder recorded in the run (a run on your own data: the folder that now holds "
+                     "its file or folder)")
 
 
 def run_flags() -> tuple[str, ...]:
@@ -143,8 +146,7 @@ def _eval_parser(sub) -> None:
     e.add_argument("--split", choices=("test", "train"), default="test", help="split for --method (default test)")
     e.add_argument("--limit", type=opt.count, help="first N datapoints only (--limit 1000: the paper's protocol)")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--data-dir", help="override the data folder recorded in the run (a run on your own data: the folder that now "
-                   "holds its file or folder)")
+    e.add_argument("--data-dir", help=RUN_DATA_DIR_HELP)
     e.add_argument("--device", default="cpu")
     e.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar (is, ais, hmc; on stderr)")
@@ -205,8 +207,7 @@ def _plot_parser(sub) -> None:
                         "correlations, latent, kl.")
     pl.add_argument("run", help="run folder")
     pl.add_argument("--out", help="folder for the PNGs (default RUN/plots)")
-    pl.add_argument("--data-dir", help="override the data folder recorded in the run (a run on your own data: the folder that now "
-                   "holds its file or folder)")
+    pl.add_argument("--data-dir", help=RUN_DATA_DIR_HELP)
     pl.add_argument("--seed", type=int, default=0)
 
 
@@ -223,8 +224,7 @@ def _report_parser(sub) -> None:
     r.add_argument("--include", action="append", default=[], metavar="JSON",
                    help="a JSON file to show as a table (e.g. the output of eval --diagnostics or restore); repeatable")
     r.add_argument("--no-explorer", action="store_true", help="leave out the latent explorer")
-    r.add_argument("--data-dir", help="override the data folder recorded in the run (a run on your own data: the folder that now "
-                   "holds its file or folder)")
+    r.add_argument("--data-dir", help=RUN_DATA_DIR_HELP)
     r.add_argument("--seed", type=int, default=0)
 
 
@@ -254,8 +254,7 @@ def _restore_parser(sub) -> None:
                     "for every image, float32 arrays (N, H, W) (160 MB for the MNIST test set)")
     rs.add_argument("--out", help="output folder (default RUN/restore-TASK)")
     rs.add_argument("--seed", type=int, default=0)
-    rs.add_argument("--data-dir", help="override the data folder recorded in the run (a run on your own data: the folder that now "
-                   "holds its file or folder)")
+    rs.add_argument("--data-dir", help=RUN_DATA_DIR_HELP)
     rs.add_argument("--device", default="cpu")
 
 

@@ -1,10 +1,11 @@
 """`aevb sweep`: one `aevb train` run per point of a grid of flags, several at once, and a summary table.
 
-Every point is checked before anything is created (grid.py). Each run is an `aevb train` process with one thread (`--threads 1`, OMP_NUM_THREADS=1) writing its own run
-folder, so a failing or crashing run cannot stop the others and the folders are exactly those of `aevb train`. On a
-CPU, single-threaded processes side by side beat one process with every core for these small matrices
-(benchmarks/reproduce_jobs.py, benchmarks/sweep_speed.py). Interrupted (Ctrl-C or SIGTERM), a sweep stops its
-runs at their last checkpoints; the same command again continues them.
+Every point is checked before anything is created (grid.py). Each run is an `aevb train` process with one thread
+(`--threads 1`, OMP_NUM_THREADS=1) writing its own run folder, so a failing or crashing run cannot stop the others
+and the folders are exactly those of `aevb train`. On a CPU, single-threaded processes side by side beat one
+process with every core for these small matrices (benchmarks/reproduce_jobs.py, benchmarks/sweep_speed.py).
+Interrupted (Ctrl-C or SIGTERM), a sweep stops its runs at their last checkpoints; the same command again continues
+them.
 """
 from __future__ import annotations
 

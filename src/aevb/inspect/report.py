@@ -25,9 +25,8 @@ from ..load import load_run
 from ..version import __version__
 from .diagnostics import ACTIVE_THRESHOLD, active_units, kl_per_dim, posterior_means
 from .layers import LAYER_SAMPLES, decoder_latent_dim, is_layered, layer_diagnostics
-from .plots import (LABEL_COLORS, check_image, class_names, display_scale, label_name, png_bytes, run_figures,
-                    top_dims)
-from .tables import table_figures
+from .plots import LABEL_COLORS, check_image, class_names, label_name, png_bytes, top_dims
+from .tables import run_pictures
 
 # What the in-page decoder implements: nets.ACTIVATIONS's modules (and sigmoid) and every likelihood's mean.
 JS_ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.ELU: "elu", nn.GELU: "gelu", nn.SiLU: "silu",
@@ -199,12 +198,8 @@ def build_report(run_dir, ds, *, dims=None, points: int = 1000, include: dict[st
     """
     model, config = load_run(run_dir)
     metrics = runs.read_metrics(run_dir)
+    figures, scale = run_pictures(model, config, ds, metrics, seed=seed)
     shape = config["data"].get("image_shape")
-    if shape is None:
-        figures, scale = table_figures(model, config, ds, metrics, seed=seed), 1
-    else:
-        shape = check_image(shape)
-        figures, scale = run_figures(model, config, ds, metrics, seed=seed), display_scale(shape)
     x_test = ds.test
     summary, layer_table = _latent_summary(model, x_test, seed, "test images" if shape else "test rows")
     parts = [f"<h1>aevb run: {html.escape(str(run_dir))}</h1>",

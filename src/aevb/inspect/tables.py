@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .diagnostics import active_units, kl_per_dim, posterior_means
-from .plots import LABEL_COLORS, check_test_split, class_names, kl_figure, latent_figure, learning_curves_figure
+from .plots import (LABEL_COLORS, check_image, check_test_split, class_names, display_scale, kl_figure,
+                    latent_figure, learning_curves_figure, run_figures)
 
 MAX_COLUMNS = 16  # columns drawn in the column picture (the first ones); the correlations show them all
 
@@ -140,3 +141,16 @@ def table_figures(model, config: dict, ds, metrics: list[dict], *, n_draws: int 
     except ValueError:
         pass  # a posterior that does not factorize over dimensions has no per-dimension KL
     return out
+
+
+def run_pictures(model, config: dict, ds, metrics: list[dict], *, seed: int = 0) -> tuple[dict, int]:
+    """Every picture of a run, of either kind, and the pixel repetition of its image grids: `plots.run_figures` and
+    `display_scale` for images, `table_figures` (repetition 1) for data without an `image_shape`.
+
+    Raises:
+        ValueError: an `image_shape` that is not a picture aevb can draw.
+    """
+    shape = config["data"].get("image_shape")
+    if shape is None:
+        return table_figures(model, config, ds, metrics, seed=seed), 1
+    return run_figures(model, config, ds, metrics, seed=seed), display_scale(check_image(shape))

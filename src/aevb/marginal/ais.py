@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+
 from ..bars import bar as progress_bar
 
 from .common import PILOT_CHAINS, _batches, _check_positive, _evaluating, _hmc_chunk, _logmeanexp, _summary
@@ -57,8 +58,8 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, l
     check_precision(precision, x.device)
     betas = sigmoid_schedule(num_steps).tolist()
     outs = []
-    with _evaluating(model, seed, x.device), progress_bar(total=x.shape[0] * num_steps, disable=not progress, desc="AIS",
-                                                 unit="step", unit_scale=True) as bar:
+    with _evaluating(model, seed, x.device), progress_bar(total=x.shape[0] * num_steps, disable=not progress,
+                                                          desc="AIS", unit="step", unit_scale=True) as bar:
         for xb in _batches(x, batch_size):
             joint = Joint(model, xb, precision)
             z0 = joint.prior.sample((num_chains + pilots, xb.shape[0]))  # (C + P, B, Dz)

@@ -7,8 +7,8 @@ from typing import Callable, NamedTuple
 
 import torch
 from torch.distributions import biject_to
-from ..bars import bar as progress_bar
 
+from ..bars import bar as progress_bar
 from ..train import fused
 from .common import (DENSITIES, JITTER, KDE_FACTORS, _batches, _check_positive, _chunk_size, _evaluating,
                      _hmc_chunk, _log_likelihood, _logmeanexp, _summary)
@@ -213,7 +213,7 @@ def hmc_estimator(model, x: torch.Tensor, *, num_samples: int = 50, leapfrog_ste
     outs = []
     total = x.shape[0] * (1 + burn_in + num_samples)
     with _evaluating(model, seed, x.device), progress_bar(total=total, disable=not progress, desc="HMC", unit="step",
-                                                 unit_scale=True) as bar:
+                                                          unit_scale=True) as bar:
         for xb in _batches(x, batch_size or _hmc_chunk(x.shape[-1])):
             outs.append(_hmc_batch(Joint(model, xb, precision), model.encode(xb).sample(), num_samples,
                                    leapfrog_steps, burn_in, target_accept, density, bar.update))

@@ -5,8 +5,8 @@ import math
 from functools import partial
 
 import torch
-from ..bars import bar as progress_bar
 
+from ..bars import bar as progress_bar
 from .common import _check_positive, _chunk_size, _evaluating, _log_likelihood, _summary
 from .mlp_likelihood import mlp_log_likelihood
 
@@ -52,7 +52,7 @@ def importance_sampling(model, x: torch.Tensor, *, num_samples: int = 5000, chun
     else:
         log_lik = mlp_log_likelihood(model) or log_lik
     with _evaluating(model, seed, x.device), progress_bar(total=x.shape[0], disable=not progress, desc="IS",
-                                                   bar_format=BAR_FORMAT) as bar:
+                                                          bar_format=BAR_FORMAT) as bar:
         done = 0
         for xb in x.split(batch_size):
             k = chunk_size or _chunk_size(*xb.shape)  # (k, B, D)

@@ -3,14 +3,17 @@ implementation (copied below, as it was) against the library's, on the same mode
 one process.
 
 Usage: python benchmarks/ais_speed.py RUN --data-dir ../shared/data [--limit 200] [--methods ais,hmc]
-       [--ais-steps 500] [--also-ais-steps 50,100] [--bf16] [--skip-old] [--repeats 1] [--threads 1]
+       [--ais-steps 500] [--also-ais-steps 50,100] [--also-encoder-steps 20,50] [--bf16] [--grid] [--skip-old]
+       [--repeats 1] [--threads 1]
 
 Prints one JSON line per timing and a summary per method: seconds (best of --repeats), mean log p(x) with its
 standard error over datapoints, the mean and standard error of the per-datapoint difference new - old (the same
 points, so most of the spread between datapoints cancels) and the speed-up. --also-ais-steps times the new AIS
-at fewer temperatures as well, against the old one at --ais-steps. --bf16 adds each new version again with
+at fewer temperatures as well, against the old one at --ais-steps; --also-encoder-steps the same with the path
+started at the encoder's q(z|x) (`start="encoder"`). --bf16 adds each new version again with
 `precision="bf16"` (the gradients inside the leapfrog trajectories under bfloat16 autocast), where the CPU
-multiplies bfloat16 natively. --skip-old leaves the former implementation out (no speed-ups then; the differences
+multiplies bfloat16 natively. --grid (a model with Dz <= 2) adds each version's mean difference to the exact
+log p(x) by quadrature on a latent grid, with its standard error over datapoints. --skip-old leaves the former implementation out (no speed-ups then; the differences
 are taken against the first new version).
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ from torch.distributions import biject_to
 
 import aevb
 from aevb.data import binarize_static, load
-from aevb.marginal import ais, hmc_estimator, sigmoid_schedule
+from aevb.marginal import ais, grid, hmc_estimator, sigmoid_schedule
 from aevb.marginal.common import JITTER, PILOT_CHAINS, _evaluating, _log_likelihood, _logmeanexp, _summary
 from aevb.marginal.hmc import _fit_density
 from aevb.train import EVAL_BINARIZATION_SEEDS
@@ -165,6 +168,10 @@ def _timed(label, fn, model, x, **kw):
     return seconds, r["log_px"].double()
 
 
+def _pm(d: torch.Tensor) -> str:
+    return f"{d.mean():.3f} +- {d.std() / math.sqrt(d.numel()):.3f}"
+
+
 def _summary_line(method, old, new):
     diff = new[1] - old[1]
     n = diff.numel()
@@ -183,7 +190,10 @@ def main() -> None:
     p.add_argument("--methods", default="ais,hmc")
     p.add_argument("--ais-steps", type=int, default=500, help="temperatures of both AIS versions (default 500)")
     p.add_argument("--also-ais-steps", default="", help="comma-separated temperatures of extra new-AIS runs")
+    p.add_argument("--also-encoder-steps", default="",
+                   help="comma-separated temperatures of extra new-AIS runs started at the encoder")
     p.add_argument("--bf16", action="store_true", help="also each new version with precision bf16")
+    p.add_argument("--grid", action="store_true", help="each version against the exact log p(x) (Dz <= 2)")
     p.add_argument("--skip-old", action="store_true", help="leave the former implementation out")
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds; the best seconds count")
     p.add_argument("--threads", type=int, default=1)
@@ -198,6 +208,8 @@ def main() -> None:
                 "ais": {"old": (old_ais, {"num_steps": args.ais_steps}), "new": (ais, {"num_steps": args.ais_steps})}}
     for t in filter(None, args.also_ais_steps.split(",")):
         versions["ais"][f"new T={int(t)}"] = (ais, {"num_steps": int(t)})
+    for t in filter(None, args.also_encoder_steps.split(",")):
+        versions["ais"][f"new encoder T={int(t)}"] = (ais, {"num_steps": int(t), "start": "encoder"})
     for method, table in versions.items():
         if args.bf16:
             table.update({f"{label} bf16": (fn, {**kw, "precision": "bf16"})
@@ -205,6 +217,7 @@ def main() -> None:
         if args.skip_old:
             del table["old"]
     print(json.dumps({"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "n": x.shape[0]}))
+    exact = grid(model, x)["log_px"].double() if args.grid else None
     for method in args.methods.split(","):
         results = {}
         for _ in range(args.repeats):
@@ -214,6 +227,8 @@ def main() -> None:
                 results[label] = (min(best, seconds), log_px)
         base = "old" if "old" in results else next(iter(results))
         for label in results:
+            if exact is not None:
+                print(json.dumps({"method": method, "version": label, "minus_exact": _pm(results[label][1] - exact)}))
             if label != base:
                 print(json.dumps({**_summary_line(method, results[base], results[label]), "version": label,
                                   "against": base}))

@@ -52,7 +52,8 @@ def _eval_marginal(args, model, config, ds, device) -> dict:
     ais_settings = {}
     if args.method == "ais":
         ais_settings = {"chains": k or AIS_DEFAULTS["num_chains"],
-                        "ais_steps": kw.get("num_steps", AIS_DEFAULTS["num_steps"])}
+                        "ais_steps": kw.get("num_steps", AIS_DEFAULTS["num_steps"]),
+                        "ais_start": kw.get("start", AIS_DEFAULTS["start"])}
     if "precision" in kw:
         ais_settings["precision"] = kw["precision"]
     return {"run": str(args.run), "method": args.method, "k": k, **ais_settings, "split": args.split,
@@ -65,8 +66,8 @@ def _eval_marginal(args, model, config, ds, device) -> dict:
 
 
 def _method_options(args) -> dict:
-    """The keyword arguments of the chosen log p(x) estimator from --k, --chains, --ais-steps, --compile,
-    --precision, --seed and --no-progress."""
+    """The keyword arguments of the chosen log p(x) estimator from --k, --chains, --ais-steps, --ais-start,
+    --compile, --precision, --seed and --no-progress."""
     if args.method == "grid":
         return {}
     kw = {"seed": args.seed, "progress": not args.no_progress}
@@ -74,7 +75,8 @@ def _method_options(args) -> dict:
         kw[K_NAMES[args.method]] = args.k
     if args.method == "ais":
         kw.update({"num_chains": args.chains} if args.chains is not None else {},
-                  **({"num_steps": args.ais_steps} if args.ais_steps is not None else {}))
+                  **({"num_steps": args.ais_steps} if args.ais_steps is not None else {}),
+                  **({"start": args.ais_start} if args.ais_start is not None else {}))
     if args.method == "is":
         kw["compile"] = args.compile
     if args.method in ("ais", "hmc"):
@@ -84,7 +86,7 @@ def _method_options(args) -> dict:
 
 def _check_method_flags(args) -> None:
     check_positive(chains=args.chains, ais_steps=args.ais_steps, threads=args.threads)
-    for flag, value in (("--chains", args.chains), ("--ais-steps", args.ais_steps)):
+    for flag, value in (("--chains", args.chains), ("--ais-steps", args.ais_steps), ("--ais-start", args.ais_start)):
         if value is not None and args.method != "ais":
             raise UsageError(f"{flag} applies to --method ais")
     if args.chains is not None and args.k is not None:

@@ -134,6 +134,10 @@ def _eval_parser(sub) -> None:
                    "(default 16; --k sets the same, give one of them)")
     e.add_argument("--ais-steps", type=int, metavar="T", help="with --method ais: temperatures after beta = 0, "
                    "sigmoid-spaced (default 500; the cost is proportional to T)")
+    e.add_argument("--ais-start", choices=("prior", "encoder"), default=None,
+                   help="with --method ais: where the annealing path starts: prior (z ~ p(z), any model) or encoder "
+                   "(z ~ q(z|x), a far shorter path for a trained model, which reaches the same log p(x) in about a "
+                   "tenth of the temperatures; not for a flow posterior) (default prior)")
     e.add_argument("--precision", choices=("float32", "bf16"), default="float32",
                    help="with --method ais or hmc: bf16 computes the gradients inside each leapfrog trajectory "
                    "under bfloat16 autocast (AIS 1.5-2x faster where the CPU or GPU multiplies bfloat16 "

@@ -84,18 +84,50 @@ class Joint:
         with torch.enable_grad():
             u = u.detach().requires_grad_(True)
             z = self.transform(u)
-            log_prior = self.prior.log_prob(z) + self.transform.log_abs_det_jacobian(u, z)
+            log_jacobian = self.transform.log_abs_det_jacobian(u, z)
             with torch.autocast(u.device.type, dtype=torch.bfloat16, enabled=low):
                 if u.shape[:-2].numel() > 1:
                     log_lik = _log_likelihood(self.model, z, self.x)
                 else:
                     log_lik = self.model.decode(z).log_prob(self.x)
+            log_prior, log_lik = self._base_and_annealed(z, log_lik.to(z.dtype))  # float32 under bf16
+            log_prior = log_prior + log_jacobian
             (grad_prior,) = torch.autograd.grad(log_prior.sum(), u, retain_graph=True)
             (grad_lik,) = torch.autograd.grad(log_lik.sum(), u)
-        return _State(log_prior.detach(), log_lik.detach().float(), grad_prior, grad_lik)
+        return _State(log_prior.detach(), log_lik.detach(), grad_prior, grad_lik)
+
+    def _base_and_annealed(self, z: torch.Tensor, log_lik: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log density at beta = 0 (without log |dz/du|) and the term that beta multiplies, at z."""
+        return self.prior.log_prob(z), log_lik
 
     def inner(self, u: torch.Tensor) -> _State:
         return self(u, low=self.precision == "bf16")
+
+
+class EncoderJoint(Joint):
+    """f_beta(z) = q(z|x)^(1 - beta) p(x, z)^beta: a path from the encoder's posterior to p(z|x), which starts
+    far closer to its end than the prior does. Its _State keeps log q(z|x) (with log |dz/du|) where Joint keeps
+    the log prior, and log p(z) + log p(x|z) - log q(z|x) where Joint keeps log p(x|z), so the same HMC
+    transitions and AIS weights apply. q(z|x) is the model's encode(x) and must have a density at any z (not a
+    flow's posterior, whose density is known at its own draws only)."""
+
+    def __init__(self, model, x: torch.Tensor, precision: str = "float32"):
+        super().__init__(model, x, precision)
+        self.posterior = model.encode(x)  # batch shape (B,), event (Dz,)
+        if getattr(self.posterior, "own_samples_only", False):
+            raise ValueError("AIS from the encoder needs q(z|x)'s density at any z; this model's q(z|x) has a flow, "
+                             "whose density is known at its own draws only: start AIS from the prior")
+
+    def take(self, idx: torch.Tensor) -> "EncoderJoint":
+        return EncoderJoint(self.model, self.x[idx], self.precision)
+
+    def sample_start(self, n: int) -> torch.Tensor:
+        """n draws z ~ q(z|x) per datapoint, (n, B, Dz)."""
+        return self.posterior.sample((n,))
+
+    def _base_and_annealed(self, z: torch.Tensor, log_lik: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_q = self.posterior.log_prob(z)
+        return log_q, self.prior.log_prob(z) + log_lik - log_q
 
 
 Target = Callable[[torch.Tensor], _State]

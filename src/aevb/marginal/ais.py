@@ -28,8 +28,9 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, l
     transition that leaves f_t invariant; log p(x) ~= logmeanexp over chains of the log weights, a stochastic
     lower bound. With start="encoder" the path begins at the model's own posterior instead,
     f_t(z) = q(z|x)^(1 - beta_t) p(x, z)^beta_t, and the log weights add (beta_t - beta_{t-1}) times
-    log p(x, z) - log q(z|x): an estimator of the same log p(x) whose path is far shorter, so that
-    a tenth of the temperatures reach the bound that the prior's path reaches (docs/measurements.md). With `adapt` each datapoint's step size moves multiplicatively toward `target_accept` after
+    log p(x, z) - log q(z|x): an estimator of the same log p(x) whose path, for a trained model, is far shorter
+    (on MNIST with Dz = 2, 50 temperatures from the encoder gave the estimate of 500 from the prior, within
+    0.008 +- 0.031 nats per datapoint; docs/marginal-likelihood.md). With `adapt` each datapoint's step size moves multiplicatively toward `target_accept` after
     every transition, driven by PILOT_CHAINS extra chains whose weights are discarded: a step size driven by the
     weighted chains themselves depends on their states and biases log p(x) upward (measured: +0.1 nats).
 

@@ -1,5 +1,5 @@
 """AIS started at the encoder's q(z|x) (`ais(..., start="encoder")`) against exact answers: the linear-Gaussian
-model's closed form, the nonlinear VAE's grid (test_marginal's fixture, imported) and a Gamma posterior's
+model's closed form, the nonlinear VAE's grid (conftest's fixture) and a Gamma posterior's
 long-run importance sampling. Tolerances are stated per test, measured over seeds 0-9 (AEVB_TEST_SEED)."""
 import json
 import os
@@ -12,7 +12,6 @@ from aevb.cli import main
 from aevb.marginal import ais, importance_sampling, log_likelihood
 
 from linear_gaussian import DiagonalLinearGaussian, LinearGaussian
-from test_marginal import nonlinear  # noqa: F401 (a fixture)
 
 SEED = int(os.environ.get("AEVB_TEST_SEED", 0))
 
@@ -42,7 +41,7 @@ def test_an_imperfect_encoder_start_recovers_log_px_in_a_tenth_of_the_temperatur
     assert abs(err.mean()) < 0.06
 
 
-def test_encoder_start_matches_grid_on_nonlinear_vae(nonlinear):  # noqa: F811
+def test_encoder_start_matches_grid_on_nonlinear_vae(nonlinear):
     # 50 temperatures, 32 chains. Over seeds 0-9 |error| up to 0.23 per datapoint, mean within 0.027; over seeds
     # 0-4 the spread of a datapoint's error was 0.041 at 30 temperatures, as the prior's path's at 300 (0.043);
     # tolerances 0.35 and 0.06

@@ -28,26 +28,6 @@ def errors(out: dict, exact: torch.Tensor) -> torch.Tensor:
     return (out["log_px"] - exact).double()
 
 
-@pytest.fixture(scope="module")
-def nonlinear():
-    """A Dz = 2 VAE fitted for 200 Adam steps to binary data from a nonlinear 2-D model, 8 of its inputs, and their
-    exact log p(x) by a fine grid. Its posteriors are non-Gaussian (posterior std about 0.3-0.7)."""
-    g = torch.Generator().manual_seed(0)
-    a, b = 2 * torch.randn(2, 16, generator=g), 1.5 * torch.randn(16, 12, generator=g)
-    z = torch.randn(256, 2, generator=g)
-    data = torch.bernoulli(torch.sigmoid(torch.tanh(z @ a) @ b), generator=g)
-    torch.manual_seed(0)
-    model = aevb.VAE(aevb.ModelConfig(x_dim=12, latent_dim=2, hidden=(8,)))
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(200):
-        loss = aevb.sgvb_b(model, data)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    x = data[:8]
-    return model, x, grid(model, x)["log_px"]
-
-
 # --- the grid --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("z_dim", [1, 2])

@@ -13,8 +13,8 @@ at fewer temperatures as well, against the old one at --ais-steps; --also-encode
 started at the encoder's q(z|x) (`start="encoder"`). --bf16 adds each new version again with
 `precision="bf16"` (the gradients inside the leapfrog trajectories under bfloat16 autocast), where the CPU
 multiplies bfloat16 natively. --grid (a model with Dz <= 2) adds each version's mean difference to the exact
-log p(x) by quadrature on a latent grid, with its standard error over datapoints. --skip-old leaves the former implementation out (no speed-ups then; the differences
-are taken against the first new version).
+log p(x) by quadrature on a latent grid, with its standard error over datapoints. --skip-old leaves the former
+implementation out (no speed-ups then; the differences are taken against the first new version).
 """
 from __future__ import annotations
 
@@ -177,9 +177,7 @@ def _summary_line(method, old, new):
     n = diff.numel()
     return {"method": method, "n": n, "old_seconds": round(old[0], 2), "new_seconds": round(new[0], 2),
             "speedup": round(old[0] / new[0], 2),
-            "old": f"{old[1].mean():.3f} +- {old[1].std() / math.sqrt(n):.3f}",
-            "new": f"{new[1].mean():.3f} +- {new[1].std() / math.sqrt(n):.3f}",
-            "new_minus_old": f"{diff.mean():.3f} +- {diff.std() / math.sqrt(n):.3f}"}
+            "old": _pm(old[1]), "new": _pm(new[1]), "new_minus_old": _pm(diff)}
 
 
 def main() -> None:

@@ -30,9 +30,11 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, l
     f_t(z) = q(z|x)^(1 - beta_t) p(x, z)^beta_t, and the log weights add (beta_t - beta_{t-1}) times
     log p(x, z) - log q(z|x): an estimator of the same log p(x) whose path, for a trained model, is far shorter
     (on MNIST with Dz = 2, 50 temperatures from the encoder gave the estimate of 500 from the prior, within
-    0.008 +- 0.031 nats per datapoint; docs/marginal-likelihood.md). With `adapt` each datapoint's step size moves multiplicatively toward `target_accept` after
-    every transition, driven by PILOT_CHAINS extra chains whose weights are discarded: a step size driven by the
-    weighted chains themselves depends on their states and biases log p(x) upward (measured: +0.1 nats).
+    0.008 +- 0.031 nats per datapoint; docs/marginal-likelihood.md).
+
+    With `adapt` each datapoint's step size moves multiplicatively toward `target_accept` after every transition,
+    driven by PILOT_CHAINS extra chains whose weights are discarded: a step size driven by the weighted chains
+    themselves depends on their states and biases log p(x) upward (measured: +0.1 nats).
 
     All chains of all datapoints of a batch move together: one decoder pass and one backward pass per leapfrog
     step. A chain's state keeps log p(z) and log p(x|z) and their gradients apart, so moving to the next
@@ -72,12 +74,8 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, l
     with _evaluating(model, seed, x.device), progress_bar(total=x.shape[0] * num_steps, disable=not progress,
                                                           desc="AIS", unit="step", unit_scale=True) as bar:
         for xb in _batches(x, batch_size):
-            if start == "encoder":
-                joint = EncoderJoint(model, xb, precision)
-                z0 = joint.sample_start(num_chains + pilots)
-            else:
-                joint = Joint(model, xb, precision)
-                z0 = joint.prior.sample((num_chains + pilots, xb.shape[0]))  # (C + P, B, Dz)
+            joint = (EncoderJoint if start == "encoder" else Joint)(model, xb, precision)
+            z0 = joint.sample_start(num_chains + pilots)  # (C + P, B, Dz)
             outs.append(_ais_batch(joint, z0, betas, leapfrog_steps, step_size, num_chains, target_accept,
                                    bar.update))
     log_px, accept, eps = (torch.cat(t) for t in zip(*outs))

@@ -96,6 +96,10 @@ class Joint:
             (grad_lik,) = torch.autograd.grad(log_lik.sum(), u)
         return _State(log_prior.detach(), log_lik.detach(), grad_prior, grad_lik)
 
+    def sample_start(self, n: int) -> torch.Tensor:
+        """n draws per datapoint from the density at beta = 0, here z ~ p(z): (n, B, Dz)."""
+        return self.prior.sample((n, self.x.shape[0]))
+
     def _base_and_annealed(self, z: torch.Tensor, log_lik: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The log density at beta = 0 (without log |dz/du|) and the term that beta multiplies, at z."""
         return self.prior.log_prob(z), log_lik

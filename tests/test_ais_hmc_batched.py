@@ -62,7 +62,7 @@ def test_ais_matches_the_exact_answer_whatever_the_batches():
 
 def test_hmc_estimator_matches_the_exact_answer_whatever_the_batches():
     # the paper's settings on 80 datapoints, in one batch or in batches of 9: over seeds 0-4 the mean error
-    # stayed within 0.075 and the median |error| below 0.19; tolerances 0.15 and 0.3 (as for the unbatched test)
+    # stayed within 0.076 and the median |error| below 0.17; tolerances 0.15 and 0.3 (as for the unbatched test)
     lg = imperfect(2)
     x = lg.sample_x(80)
     exact = lg.log_marginal(x)

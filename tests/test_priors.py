@@ -160,7 +160,9 @@ def test_importance_sampling_agrees_with_grid_quadrature(prior):
 
 def test_ais_and_hmc_run_with_a_learned_prior():
     # the annealed and HMC estimators move in the prior's unconstrained coordinates (biject_to of its support): a
-    # mixture prior is all of R^Dz. Short chains, so a loose tolerance around the quadrature
+    # mixture prior is all of R^Dz. Short chains, so a loose tolerance around the quadrature: over seeds 0-9 the
+    # HMC estimator (100 samples) was within 0.07-0.24 of it per seed (0.04-0.48 with its step-size search
+    # started at 1); tolerance 0.35
     torch.manual_seed(1)
     model = _model("vamp", 4, latent_dim=1, x_dim=5, likelihood="gaussian").double()
     x = torch.randn(3, 5, dtype=torch.float64)
@@ -168,7 +170,7 @@ def test_ais_and_hmc_run_with_a_learned_prior():
     ais = log_likelihood(model, x, "ais", num_steps=40, num_chains=8, leapfrog_steps=5, seed=0)["log_px"]
     hmc = log_likelihood(model, x, "hmc", num_samples=100, seed=0)["log_px"]
     torch.testing.assert_close(ais, exact, rtol=0, atol=0.15)
-    torch.testing.assert_close(hmc, exact, rtol=0, atol=0.15)
+    torch.testing.assert_close(hmc, exact, rtol=0, atol=0.35)
 
 
 @pytest.mark.parametrize("prior", ["mog", "vamp"])

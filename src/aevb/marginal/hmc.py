@@ -187,9 +187,10 @@ def _initial_step_size(target: Joint, u, state: _State, steps: int, target_accep
                        num_momenta: int = 16, max_iter: int = 40) -> torch.Tensor:
     """Per datapoint, multiply or divide eps by sqrt(2), starting from eps0 (B, 1), until the mean acceptance
     probability of a full jittered trajectory (over `num_momenta` momenta) crosses `target_accept`, and keep the
-    last eps on the high-acceptance side; after Hoffman & Gelman (2014, Alg. 4), who use a single leapfrog step, 1
-    and 1/2. Each round simulates only the datapoints whose eps still moves, but draws the momenta and jitters of
-    all, so that a datapoint's eps does not depend on the others in its batch. u is (B, Du); returns eps (B, 1)."""
+    last eps on the high-acceptance side; after Hoffman & Gelman (2014, Alg. 4), who use a single leapfrog step,
+    start at 1 and aim at 1/2. Each round simulates only the datapoints whose eps still moves, but draws the
+    momenta and jitters of all, so that a datapoint's eps does not depend on the others in its batch. u is (B, Du);
+    returns eps (B, 1)."""
     eps = eps0.clone()
 
     def accept(idx):
@@ -224,10 +225,10 @@ def hmc_estimator(model, x: torch.Tensor, *, num_samples: int = 50, leapfrog_ste
     Per datapoint one chain starts at an encoder sample. Its step size is first searched (in factors of sqrt(2),
     from 0.8 times the smallest spread of 16 encoder draws) for a trajectory accepted with about `target_accept`;
     the chain then runs `burn_in` transitions while the step size adapts multiplicatively toward `target_accept`
-    (then frozen), and collects `num_samples` states. q is fitted to the
-    first half; the second half gives log p(x) = -logmeanexp_l [log q(z_l) - log p(x, z_l)]. By Jensen the
-    estimate is biased upward; the paper calls it reliable only for low-dimensional z (< 5). All chains of a batch
-    move together. For priors with constrained support everything happens in unconstrained coordinates.
+    (then frozen), and collects `num_samples` states. q is fitted to the first half; the second half gives
+    log p(x) = -logmeanexp_l [log q(z_l) - log p(x, z_l)]. By Jensen the estimate is biased upward; the paper calls
+    it reliable only for low-dimensional z (< 5). All chains of a batch move together. For priors with constrained
+    support everything happens in unconstrained coordinates.
 
     Args:
         model: follows the contract prior() / encode(x) / decode(z); a model that also has log_likelihood(z, x)

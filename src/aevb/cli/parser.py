@@ -8,6 +8,7 @@ from .. import distributed
 from .. import options as opt
 from ..inspect.restore import FACTORS, TASKS
 from ..marginal import METHODS
+from ..marginal.ais import STARTS
 from ..models import ModelConfig
 from ..paper.reproduce import FIGURES
 from ..train.options import DataOptions, TrainConfig
@@ -134,7 +135,7 @@ def _eval_parser(sub) -> None:
                    "(default 16; --k sets the same, give one of them)")
     e.add_argument("--ais-steps", type=int, metavar="T", help="with --method ais: temperatures after beta = 0, "
                    "sigmoid-spaced (default 500; the cost is proportional to T)")
-    e.add_argument("--ais-start", choices=("prior", "encoder"), default=None,
+    e.add_argument("--ais-start", choices=tuple(STARTS), default=None,
                    help="with --method ais: where the annealing path starts: prior (z ~ p(z), any model) or encoder "
                    "(z ~ q(z|x), a far shorter path for a trained model, which reaches the same log p(x) in about a "
                    "tenth of the temperatures; not for a flow posterior) (default prior)")

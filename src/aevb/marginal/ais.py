@@ -8,7 +8,7 @@ from ..bars import bar as progress_bar
 from .common import PILOT_CHAINS, _batches, _check_positive, _evaluating, _hmc_chunk, _logmeanexp, _summary
 from .hmc import check_precision, EncoderJoint, hmc_step, Joint
 
-STARTS = ("prior", "encoder")
+STARTS = {"prior": Joint, "encoder": EncoderJoint}  # where the path begins: its target at beta = 0
 
 
 def sigmoid_schedule(num_steps: int, sharpness: float = 4.0) -> torch.Tensor:
@@ -74,7 +74,7 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16, l
     with _evaluating(model, seed, x.device), progress_bar(total=x.shape[0] * num_steps, disable=not progress,
                                                           desc="AIS", unit="step", unit_scale=True) as bar:
         for xb in _batches(x, batch_size):
-            joint = (EncoderJoint if start == "encoder" else Joint)(model, xb, precision)
+            joint = STARTS[start](model, xb, precision)
             z0 = joint.sample_start(num_chains + pilots)  # (C + P, B, Dz)
             outs.append(_ais_batch(joint, z0, betas, leapfrog_steps, step_size, num_chains, target_accept,
                                    bar.update))
